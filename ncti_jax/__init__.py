@@ -1,0 +1,29 @@
+"""ncti-jax: NCTI transferability scores for whole model zoos, in JAX.
+
+NCTI (Wang et al., ICCV 2023) ranks pre-trained models by how far their
+penultimate features on a target dataset are from neural collapse. This package
+scores every model of a zoo in one jit-compiled, vmapped call.
+
+Example:
+  >>> import numpy as np, ncti_jax
+  >>> rng = np.random.default_rng(0)
+  >>> y = rng.integers(0, 3, 300)
+  >>> result = ncti_jax.score_zoo({"a": rng.normal(size=(300, 16)) + y[:, None],
+  ...                              "b": rng.normal(size=(300, 8))}, y)
+  >>> result.best()
+  'a'
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._ncti import NCTIResult as NCTIResult
+from ._ncti import Status as Status
+from ._ncti import normalise_zoo as normalise_zoo
+from ._ncti import score_zoo as score_zoo
+
+try:
+    __version__ = version("ncti-jax")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["NCTIResult", "Status", "__version__", "normalise_zoo", "score_zoo"]

@@ -1,0 +1,112 @@
+"""Linear discriminant analysis of one model's PCA projection, on static shapes.
+
+Both of scikit-learn's solvers that NCTI uses, with its semantics (priors = class
+frequencies, the 1/N within-class convention of scikit-learn >= 1.9). Each
+returns the projection ``L`` (N, k) with its unused columns exactly zero, and the
+decision function (N, C). Data-dependent ranks are masks, never slices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_solve, solve_triangular
+
+from ._nuclear import right_singular
+
+# scikit-learn's LinearDiscriminantAnalysis(tol=1e-4): singular values of the
+# within-class scaled data below TOL (absolute) and of the between-class
+# matrix below TOL * largest are dropped.
+TOL = 1e-4
+
+
+class ClassStats:
+    """Class means and priors of one projection (not a pytree; built inside the trace)."""
+
+    def __init__(self, z: jax.Array, codes: jax.Array, counts: jax.Array):
+        n = z.shape[0]
+        self.n = n
+        self.counts = counts
+        self.priors = counts / n
+        self.means = jax.ops.segment_sum(z, codes, num_segments=counts.shape[0]) / counts[:, None]
+        self.xbar = self.priors @ self.means
+        self.within = z - self.means[codes]  # each sample minus its class mean
+
+
+def _rank_floor(dtype, k: int) -> float:
+    # Singular values computed through a k x k Gram in this dtype cannot be told
+    # apart from zero below about sqrt(k * eps) of the largest; in float64 this is
+    # far below scikit-learn's tol and changes nothing.
+    return float((k * jnp.finfo(dtype).eps) ** 0.5)
+
+
+def lda_svd(
+    z: jax.Array, mask: jax.Array, stats: ClassStats, n_out: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """scikit-learn's ``solver="svd"``.
+
+    Args:
+      z: (N, k) projection, zero on masked columns.
+      mask: (k,) the valid columns of ``z``.
+      stats: class statistics of ``z``.
+      n_out: scalar, the number of transform columns to keep, ``min(C - 1, k_valid)``.
+    """
+    n, k = z.shape
+    c = stats.counts.shape[0]
+    dtype = z.dtype
+    std = jnp.std(stats.within, axis=0)
+    std = jnp.where(std == 0, 1.0, std)
+    s, v = right_singular(stats.within / std / jnp.sqrt(jnp.asarray(n, dtype)))
+    floor = _rank_floor(dtype, k) * jnp.max(s)
+    keep = (s > TOL) & (s > floor)
+    w1 = jnp.where(keep, v / std[:, None] / jnp.where(keep, s, 1.0), 0.0)
+
+    centred_means = stats.means - stats.xbar
+    weights = jnp.sqrt(n * stats.priors / max(c - 1, 1))
+    s2, v2 = right_singular((weights[:, None] * centred_means) @ w1)
+    rel = max(TOL, _rank_floor(dtype, k))
+    keep2 = (s2 > rel * jnp.max(s2)) & (jnp.arange(k) < c - 1)
+    scalings = w1 @ jnp.where(keep2, v2, 0.0)
+
+    projection = (z - stats.xbar) @ scalings
+    coef = centred_means @ scalings
+    decision = projection @ coef.T - 0.5 * jnp.sum(coef * coef, axis=1) + jnp.log(stats.priors)
+    projection = jnp.where(jnp.arange(k) < n_out, projection, 0.0)
+    del mask  # masked columns are zero in z, so they drop out through std and the rank masks
+    return projection, decision
+
+
+def lda_eigen(
+    z: jax.Array, mask: jax.Array, stats: ClassStats, n_out: jax.Array, shrinkage: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """scikit-learn's ``solver="eigen"`` with a fixed ``shrinkage``.
+
+    The prior-weighted sum of per-class biased covariances equals the covariance
+    of the within-class residuals, so no per-class loop is needed. Masked
+    columns get ``Sw = 1`` and ``Sb = -1`` on the diagonal: a generalised
+    eigenvalue of -1 that sorts after every real one and a zero transform column.
+    """
+    n, k = z.shape
+    n_valid = jnp.maximum(jnp.sum(mask), 1)
+    eye = jnp.diag(mask.astype(z.dtype))
+
+    def shrunk(cov):
+        return (1.0 - shrinkage) * cov + shrinkage * (jnp.trace(cov) / n_valid) * eye
+
+    centred = z - jnp.mean(z, axis=0)
+    sw = shrunk(stats.within.T @ stats.within / n)
+    st = shrunk(centred.T @ centred / n)
+    sb = st - sw
+    off = jnp.diag((~mask).astype(z.dtype))
+    sw = sw + off
+    sb = sb - off
+
+    chol = jnp.linalg.cholesky(sw)
+    a = solve_triangular(chol, solve_triangular(chol, sb, lower=True).T, lower=True)
+    _, u = jnp.linalg.eigh(a)
+    evecs = solve_triangular(chol.T, u[:, ::-1], lower=False)  # descending eigenvalue
+
+    projection = jnp.where(jnp.arange(k) < n_out, z @ evecs, 0.0)
+    coef = cho_solve((chol, True), stats.means.T).T  # means @ Sw^-1, (C, k)
+    decision = z @ coef.T - 0.5 * jnp.sum(stats.means * coef, axis=1) + jnp.log(stats.priors)
+    return projection, decision

@@ -1,0 +1,323 @@
+"""NCTI: the three components of one model, vmapped over the zoo, and the zoo score."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import _validate
+from ._lda import ClassStats, lda_eigen, lda_svd
+from ._nuclear import nuclear_norm
+from ._pad import ClassLayout, class_layout, stack_zoo
+from ._pca import pca_project
+
+# The authors' branch rule: the svd solver when the shrinkage clamps at this floor.
+SHRINKAGE_FLOOR = 1e-10
+# Explained variances summed in the shrinkage rule.
+SHRINKAGE_TOP = 32
+
+
+class Status(enum.IntFlag):
+    """Per-model flags of a result; 0 means nothing to report."""
+
+    OK = 0
+    K_REDUCED = 1  # n_components was reduced to min(N - 1, D_m)
+    RANK_DEFICIENT = 2  # fewer principal directions with variance than n_components
+    NO_VARIANCE = 4  # constant features: no direction with variance; LDA reduces to the priors
+    SINGLETON_CLASS = 8  # a class has a single sample (zoo-wide)
+    CONSTANT_COMPONENT = 16  # a component is equal across the zoo and normalises to 0
+    NON_FINITE = 32  # a raw component came out NaN or infinite; the score is NaN
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["components", "pca_rank", "shrinkage", "eigen_solver"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class RawComponents:
+    """Per-model outputs of the compiled kernel; every field has shape (M,) or (M, 3)."""
+
+    components: jax.Array  # (M, 3): etf, ncc, vc
+    pca_rank: jax.Array  # (M,) principal directions kept
+    shrinkage: jax.Array  # (M,) the rule's shrinkage t
+    eigen_solver: jax.Array  # (M,) True where the eigen (shrinkage) solver was used
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["etf", "ncc", "vc", "etf_norm", "ncc_norm", "vc_norm", "ncti", "ranking",
+                 "solver", "shrinkage", "n_components", "status"],
+    meta_fields=["models"],
+)
+@dataclasses.dataclass(frozen=True)
+class NCTIResult:
+    """NCTI of a zoo. Every array field has shape (M,), in the order of ``models``.
+
+    Attributes:
+      models: model names.
+      etf: nuclear norm of the centred LDA projection (svd solver: scikit-learn's
+        1/N within-class convention). Higher: closer to a simplex ETF.
+      ncc: mean LDA probability of the true class. Higher: nearest-centre
+        classification works.
+      vc: log of the summed per-class nuclear norms of the probability rows.
+        Lower: within-class variability has collapsed.
+      etf_norm, ncc_norm, vc_norm: the components min-max normalised over the zoo
+        (0 for a component that is the same for every model).
+      ncti: ``etf_norm + ncc_norm - vc_norm``; higher is better.
+      ranking: model indices, best first (``models[ranking[0]]`` is the pick).
+      solver: 0 where LDA used the svd solver, 1 where the shrinkage-eigen solver.
+      shrinkage: the shrinkage rule's ``t = max(exp(-sum of top-32 variances), 1e-10)``.
+      n_components: principal directions kept (``min(k, N - 1, D)``, fewer when
+        the features are rank deficient).
+      status: bit flags, see :class:`Status`.
+    """
+
+    models: tuple[str, ...]
+    etf: jax.Array
+    ncc: jax.Array
+    vc: jax.Array
+    etf_norm: jax.Array
+    ncc_norm: jax.Array
+    vc_norm: jax.Array
+    ncti: jax.Array
+    ranking: jax.Array
+    solver: jax.Array
+    shrinkage: jax.Array
+    n_components: jax.Array
+    status: jax.Array
+
+    def best(self) -> str:
+        """The name of the best-ranked model."""
+        return self.models[int(self.ranking[0])]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict of plain Python values per model, best first."""
+        host = jax.device_get(self)
+        records = []
+        for rank, i in enumerate(np.asarray(host.ranking).tolist(), start=1):
+            records.append({
+                "model": self.models[i],
+                "rank": rank,
+                "ncti": float(host.ncti[i]),
+                "etf": float(host.etf[i]),
+                "ncc": float(host.ncc[i]),
+                "vc": float(host.vc[i]),
+                "etf_norm": float(host.etf_norm[i]),
+                "ncc_norm": float(host.ncc_norm[i]),
+                "vc_norm": float(host.vc_norm[i]),
+                "solver": "eigen" if int(host.solver[i]) else "svd",
+                "shrinkage": float(host.shrinkage[i]),
+                "n_components": int(host.n_components[i]),
+                "status": [f.name for f in Status if f and int(host.status[i]) & f],
+            })
+        return records
+
+
+def model_components(
+    x: jax.Array, n_valid_components: jax.Array, layout: ClassLayout, *, k: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """NCTI's three raw components for one model.
+
+    Args:
+      x: (N, D) features, zero-padded columns allowed.
+      n_valid_components: scalar ``min(k, N - 1, D_model)``.
+      layout: the labels' device arrays.
+      k: static output width of the PCA.
+
+    Returns:
+      (3,) etf, ncc, vc; the PCA rank kept; the shrinkage; whether the eigen
+      solver was selected.
+    """
+    c = layout.counts.shape[0]
+    z, variances, mask = pca_project(x, n_valid_components, k)
+    shrinkage = jnp.maximum(jnp.exp(-jnp.sum(variances[:SHRINKAGE_TOP])), SHRINKAGE_FLOOR)
+    # Compare with the floor as rounded to this dtype, as the authors' code does in float64.
+    use_eigen = shrinkage > jnp.asarray(SHRINKAGE_FLOOR, x.dtype)
+
+    stats = ClassStats(z, layout.codes, layout.counts)
+    pca_rank = jnp.sum(mask)
+    n_out = jnp.minimum(c - 1, pca_rank)
+    proj_svd, dec_svd = lda_svd(z, mask, stats, n_out)
+    proj_eig, dec_eig = lda_eigen(z, mask, stats, n_out, shrinkage)
+    projection = jnp.where(use_eigen, proj_eig, proj_svd)
+    decision = jnp.where(use_eigen, dec_eig, dec_svd)
+
+    etf = nuclear_norm(projection - jnp.mean(projection, axis=0))
+    log_p = jax.nn.log_softmax(decision, axis=1)
+    ncc = jnp.mean(jnp.exp(jnp.take_along_axis(log_p, layout.codes[:, None], axis=1)))
+    probs = jnp.exp(log_p)
+    blocks = jnp.where(layout.block_mask[..., None], probs[layout.block_index], 0.0)
+    vc = jnp.log(jnp.sum(jax.vmap(nuclear_norm)(blocks)))
+    return jnp.stack([etf, ncc, vc]), pca_rank, shrinkage, use_eigen
+
+
+@functools.partial(jax.jit, static_argnames=("k", "precision"))
+def zoo_components(
+    x: jax.Array, n_valid_components: jax.Array, layout: ClassLayout, *, k: int, precision: str
+) -> RawComponents:
+    """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D)."""
+    with jax.default_matmul_precision(precision):
+        comps, rank, shrinkage, eigen = jax.vmap(
+            functools.partial(model_components, k=k), in_axes=(0, 0, None)
+        )(x, n_valid_components, layout)
+    return RawComponents(comps, rank, shrinkage, eigen)
+
+
+def min_max(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Min-max normalisation over the model axis; a constant column maps to 0.
+
+    Args:
+      values: (M, P) raw values.
+
+    Returns:
+      (M, P) normalised values and (P,) whether each column was constant.
+    """
+    lo, hi = jnp.min(values, axis=0), jnp.max(values, axis=0)
+    span = hi - lo
+    constant = span == 0
+    return jnp.where(constant, 0.0, (values - lo) / jnp.where(constant, 1.0, span)), constant
+
+
+def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[jax.Array, ...]:
+    """Normalised components and NCTI from raw components, e.g. to merge zoos.
+
+    Args:
+      etf, ncc, vc: (M,) raw components of the models to rank together.
+
+    Returns:
+      etf_norm, ncc_norm, vc_norm, ncti, each (M,).
+
+    Example:
+      >>> import ncti_jax
+      >>> *_, score = ncti_jax.normalise_zoo([1.0, 3.0], [0.5, 0.9], [2.0, 1.0])
+      >>> score.tolist()
+      [0.0, 3.0]
+    """
+    raw = jnp.stack([jnp.asarray(etf), jnp.asarray(ncc), jnp.asarray(vc)], axis=1)
+    norm, _ = min_max(raw)
+    return norm[:, 0], norm[:, 1], norm[:, 2], norm[:, 0] + norm[:, 1] - norm[:, 2]
+
+
+def score_zoo(
+    features: Mapping[str, ArrayLike] | ArrayLike,
+    labels: ArrayLike,
+    *,
+    n_components: int = 64,
+    precision: str | jax.lax.Precision = "highest",
+    dtype: Any = None,
+    names: Any = None,
+) -> NCTIResult:
+    """Scores a zoo of models with NCTI, all models in one compiled call.
+
+    Args:
+      features: ``{model name: (N, D_m) array}`` (D may differ between models) or a
+        stacked (M, N, D) array. NumPy (memory-mapped too) or JAX arrays, any real
+        dtype; the same N samples, in the same order, for every model.
+      labels: (N,) or (N, 1) class labels: integers, strings or whole-number floats.
+      n_components: PCA dimension ``k`` (64 in the paper).
+      precision: matmul precision, ``"highest"`` (exact float32, the default),
+        ``"high"`` (TF32 / bf16x3 on accelerators) or ``"default"``.
+      dtype: computation dtype, float32 (default) or float64 (needs x64 enabled).
+      names: model names for a stacked array.
+
+    Returns:
+      An :class:`NCTIResult`.
+
+    Raises:
+      ValueError, TypeError: on bad input, before anything is traced, naming the
+        model or argument at fault.
+
+    Example:
+      >>> import numpy as np, ncti_jax
+      >>> rng = np.random.default_rng(0)
+      >>> y = rng.integers(0, 3, 300)
+      >>> feats = {"a": rng.normal(size=(300, 16)) + y[:, None],
+      ...          "b": rng.normal(size=(300, 8))}
+      >>> ncti_jax.score_zoo(feats, y).best()
+      'a'
+    """
+    k_req = _validate.check_n_components(n_components)
+    precision = _validate.resolve_precision(precision)
+    dt = _validate.resolve_dtype(dtype)
+    lab = _validate.check_labels(labels)
+    model_names, arrays = _validate.check_features(features, lab.n_samples, names)
+    dims = {name: int(x.shape[1]) for name, x in zip(model_names, arrays, strict=True)}
+    k_eff = _validate.effective_components(k_req, lab.n_samples, dims)
+    _validate.warn_singleton_classes(lab)
+
+    k = max(k_eff.values())
+    x = stack_zoo(arrays, dt)
+    layout = class_layout(lab, dt)
+    raw = zoo_components(
+        x, jnp.asarray([k_eff[m] for m in model_names], jnp.int32), layout,
+        k=k, precision=precision,
+    )
+    return _finish(model_names, raw, k_eff, k_req, lab)
+
+
+def _finish(
+    models: tuple[str, ...], raw: RawComponents, k_eff: dict[str, int], k_req: int,
+    labels: _validate.Labels,
+) -> NCTIResult:
+    """Normalises on the host, sets status flags and warns about them."""
+    raw = jax.device_get(raw)
+    comps = np.asarray(raw.components, dtype=np.float64)
+    finite = np.isfinite(comps).all(axis=1)
+    status = np.zeros(len(models), np.int32)
+    k_arr = np.array([k_eff[m] for m in models])
+    rank = np.asarray(raw.pca_rank)
+    status[k_arr < k_req] |= Status.K_REDUCED
+    status[(rank < k_arr) & (rank > 0)] |= Status.RANK_DEFICIENT
+    status[rank == 0] |= Status.NO_VARIANCE
+    if (labels.counts == 1).any():
+        status |= Status.SINGLETON_CLASS
+    status[~finite] |= Status.NON_FINITE
+
+    norm = np.full_like(comps, np.nan)
+    constant = np.zeros(3, bool)
+    if finite.any():
+        n, constant = jax.device_get(min_max(jnp.asarray(comps[finite], raw.components.dtype)))
+        norm[finite] = n
+        constant = np.asarray(constant)
+        if constant.any():
+            status[finite] |= Status.CONSTANT_COMPONENT
+    ncti = norm[:, 0] + norm[:, 1] - norm[:, 2]
+    order = np.lexsort((np.arange(len(models)), -np.nan_to_num(ncti, nan=-np.inf)))
+
+    for name, s, r in zip(models, status, rank, strict=True):
+        if s & Status.NO_VARIANCE:
+            warnings.warn(f"model {name!r}: features have no variance (constant or all zero); "
+                          "its LDA reduces to the class priors.", UserWarning, stacklevel=3)
+        elif s & Status.RANK_DEFICIENT:
+            warnings.warn(f"model {name!r}: only {int(r)} of {k_eff[name]} principal "
+                          "directions have variance.", UserWarning, stacklevel=3)
+        if s & Status.NON_FINITE:
+            warnings.warn(f"model {name!r}: a raw component is not finite; its NCTI is NaN.",
+                          UserWarning, stacklevel=3)
+    if constant.any():
+        which = [c for c, flag in zip(("etf", "ncc", "vc"), constant, strict=True) if flag]
+        warnings.warn(f"component(s) {which} are equal for every model"
+                      f"{' (a zoo of one model)' if len(models) == 1 else ''}; "
+                      "they normalise to 0.", UserWarning, stacklevel=3)
+
+    dtype = raw.components.dtype
+    return NCTIResult(
+        models=tuple(models),
+        etf=jnp.asarray(comps[:, 0], dtype), ncc=jnp.asarray(comps[:, 1], dtype),
+        vc=jnp.asarray(comps[:, 2], dtype),
+        etf_norm=jnp.asarray(norm[:, 0], dtype), ncc_norm=jnp.asarray(norm[:, 1], dtype),
+        vc_norm=jnp.asarray(norm[:, 2], dtype), ncti=jnp.asarray(ncti, dtype),
+        ranking=jnp.asarray(order, jnp.int32),
+        solver=jnp.asarray(raw.eigen_solver, jnp.int32),
+        shrinkage=jnp.asarray(raw.shrinkage, dtype),
+        n_components=jnp.asarray(rank, jnp.int32),
+        status=jnp.asarray(status, jnp.int32),
+    )

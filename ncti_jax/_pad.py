@@ -1,0 +1,76 @@
+"""Ragged zoo -> one stacked (M, N, D_max) array, and the label bookkeeping.
+
+Zero columns are exact padding: they have zero mean and zero variance, so PCA
+never selects them ahead of a real direction, and the kernels mask them out by
+the per-model component count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._validate import Labels
+
+
+def stack_zoo(arrays: Sequence[Any], dtype: np.dtype) -> jax.Array:
+    """Stacks per-model (N, D_m) features into (M, N, D_max), zero-padded, in ``dtype``.
+
+    Host arrays (including memory-mapped files) are copied once into one host
+    buffer and transferred once; device arrays stay on their device.
+    """
+    d_max = max(int(x.shape[1]) for x in arrays)
+    n = int(arrays[0].shape[0])
+    if all(isinstance(x, jax.Array) for x in arrays):
+        padded = [jnp.pad(x.astype(dtype), ((0, 0), (0, d_max - x.shape[1]))) for x in arrays]
+        return jnp.stack(padded)
+    out = np.zeros((len(arrays), n, d_max), dtype=dtype)
+    for i, x in enumerate(arrays):
+        host = np.asarray(jax.device_get(x)) if isinstance(x, jax.Array) else x
+        out[i, :, : host.shape[1]] = host  # one read of each (possibly memory-mapped) file
+    return jnp.asarray(out)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["codes", "counts", "block_index", "block_mask"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class ClassLayout:
+    """Device-side label arrays shared by every model.
+
+    Attributes:
+      codes: (N,) int32 class of each sample.
+      counts: (C,) samples per class, in the computation dtype.
+      block_index: (C, B) sample indices of each class, padded with 0 where
+        ``block_mask`` is False; B is the largest class size.
+      block_mask: (C, B) which entries of ``block_index`` are real samples.
+    """
+
+    codes: jax.Array
+    counts: jax.Array
+    block_index: jax.Array
+    block_mask: jax.Array
+
+
+def class_layout(labels: Labels, dtype: np.dtype) -> ClassLayout:
+    order = np.argsort(labels.codes, kind="stable")
+    counts = labels.counts
+    b = int(counts.max())
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(b)[None, :]
+    mask = pos < counts[:, None]
+    index = np.where(mask, order[np.minimum(starts[:, None] + pos, len(order) - 1)], 0)
+    return ClassLayout(
+        codes=jnp.asarray(labels.codes, dtype=jnp.int32),
+        counts=jnp.asarray(counts, dtype=dtype),
+        block_index=jnp.asarray(index, dtype=jnp.int32),
+        block_mask=jnp.asarray(mask),
+    )

@@ -1,0 +1,56 @@
+"""Exact top-k PCA of one model's (zero-padded) features, on static shapes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def pca_project(
+    x: jax.Array, n_valid_components: jax.Array, k: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Projects centred features on their top-``k`` principal directions.
+
+    The subspace is exact: ``eigh`` of the D x D covariance when N >= D, of the
+    N x N Gram of the samples otherwise (the choice is static, on shapes).
+
+    Args:
+      x: (N, D) features; padded columns are zero.
+      n_valid_components: scalar, ``min(k, N - 1, D_model)`` for this model.
+      k: static number of output columns (the zoo-wide maximum).
+
+    Returns:
+      z: (N, k) projection; columns that are masked out are exactly zero.
+      variances: (k,) explained variances ``s_i**2 / (N - 1)``, decreasing; zero
+        where masked.
+      mask: (k,) bool, the components that are kept: within
+        ``n_valid_components`` and with a variance above the rounding level of
+        the computation (a model with constant features keeps none).
+    """
+    n, d = x.shape
+    mean = jnp.mean(x, axis=0)
+    xc = x - mean
+    if n >= d:
+        evals, evecs = jnp.linalg.eigh(xc.T @ xc)
+        evals, evecs = evals[::-1][:k], evecs[:, ::-1][:, :k]
+        z = xc @ evecs
+    else:
+        evals, evecs = jnp.linalg.eigh(xc @ xc.T)
+        evals, evecs = evals[::-1][:k], evecs[:, ::-1][:, :k]
+        z = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
+    variances = jnp.clip(evals, 0.0) / (n - 1)
+    mask = (jnp.arange(k) < n_valid_components) & (variances > variance_floor(x, mean, variances))
+    z = jnp.where(mask, z, 0.0)
+    return z, jnp.where(mask, variances, 0.0), mask
+
+
+def variance_floor(x: jax.Array, mean: jax.Array, variances: jax.Array) -> jax.Array:
+    """Variances at or below this are rounding noise of the computation.
+
+    Centring leaves an error of about ``eps * |mean|`` per column and ``eigh`` an
+    absolute error of about ``eps * lambda_max``; both are far below any variance
+    that carries information, and a constant (or all-zero) model falls under it.
+    """
+    eps = jnp.finfo(x.dtype).eps
+    scale = jnp.maximum(variances[0], jnp.max(mean * mean))
+    return 16 * eps * scale

@@ -1,0 +1,263 @@
+"""Host-side checks that run before anything is traced.
+
+Every error names the model, file or argument at fault. Nothing here imports
+torch, and nothing here runs a compiled kernel: value checks on device arrays
+(NaN/inf counts) are small reductions dispatched on their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_PRECISIONS = {
+    "default": "default",
+    "high": "high",
+    "highest": "highest",
+    "fastest": "default",
+    "bfloat16": "default",
+    "tensorfloat32": "high",
+    "float32": "highest",
+}
+
+# Rows checked at a time for NaN/inf on host arrays, so a memory-mapped feature
+# file is scanned without materialising an (N, D) boolean mask.
+_FINITE_CHUNK_ROWS = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """Labels remapped to ``0..C-1`` by sorted unique value.
+
+    Attributes:
+      codes: (N,) int32 class index of each sample.
+      classes: (C,) the original label values, sorted; ``classes[codes]`` is the input.
+      counts: (C,) int64 samples per class.
+    """
+
+    codes: np.ndarray
+    classes: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.counts.shape[0])
+
+
+def check_labels(labels: Any, *, what: str = "labels") -> Labels:
+    """Validates labels and remaps them to ``0..C-1``.
+
+    Accepts integers, booleans, strings, and floats that are whole numbers; a
+    shape of (N,) or (N, 1).
+    """
+    if isinstance(labels, jax.Array):
+        labels = np.asarray(jax.device_get(labels))
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{what} must have shape (N,) or (N, 1); got shape {y.shape}.")
+    if y.shape[0] < 2:
+        raise ValueError(f"{what}: NCTI needs at least 2 samples; got {y.shape[0]}.")
+    kind = y.dtype.kind
+    if kind == "f" or y.dtype == jnp.bfloat16:
+        y = y.astype(np.float64)
+        bad = ~np.isfinite(y)
+        if bad.any():
+            raise ValueError(f"{what} contain {int(bad.sum())} NaN or infinite value(s).")
+        frac = y != np.round(y)
+        if frac.any():
+            i = int(np.flatnonzero(frac)[0])
+            raise ValueError(
+                f"{what} are floats that are not whole numbers ({int(frac.sum())} of them, "
+                f"e.g. {y[i]!r} at index {i}); pass integer or string class labels."
+            )
+        y = y.astype(np.int64)
+    elif kind == "c":
+        raise TypeError(f"{what} must be integers, strings or whole-number floats; got complex.")
+    elif kind == "O":
+        try:
+            classes, codes = np.unique(y, return_inverse=True)
+        except TypeError as err:
+            raise TypeError(f"{what} mix types that cannot be sorted: {err}") from None
+        return _labels_from(classes, codes, what)
+    elif kind not in "biuUS":
+        raise TypeError(f"{what} have unsupported dtype {y.dtype}.")
+    classes, codes = np.unique(y, return_inverse=True)
+    return _labels_from(classes, codes, what)
+
+
+def _labels_from(classes: np.ndarray, codes: np.ndarray, what: str) -> Labels:
+    codes = codes.reshape(-1).astype(np.int32)
+    counts = np.bincount(codes, minlength=classes.shape[0]).astype(np.int64)
+    n, c = codes.shape[0], classes.shape[0]
+    if c < 2:
+        raise ValueError(
+            f"{what} hold a single class ({classes[0]!r}); NCTI needs at least 2 classes."
+        )
+    if n < c + 1:
+        raise ValueError(
+            f"{what}: {n} samples for {c} classes; NCTI (LDA) needs at least classes + 1 samples."
+        )
+    return Labels(codes=codes, classes=classes, counts=counts)
+
+
+def check_feature_array(name: str, x: Any, n_samples: int) -> tuple[int, int]:
+    """Checks one model's features; returns its shape (N, D). Raises naming ``name``."""
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        try:
+            arr = np.asarray(x)
+        except Exception as err:  # pragma: no cover - exotic inputs
+            raise TypeError(f"model {name!r}: features are not an array ({err}).") from None
+        shape, dtype = arr.shape, arr.dtype
+    if len(shape) != 2:
+        raise ValueError(f"model {name!r}: features must have shape (N, D); got shape {tuple(shape)}.")
+    n, d = int(shape[0]), int(shape[1])
+    if n != n_samples:
+        raise ValueError(
+            f"model {name!r}: features have {n} samples but the labels have {n_samples}; "
+            "every model must be scored on the same samples in the same order."
+        )
+    if d < 1:
+        raise ValueError(f"model {name!r}: features have no columns (shape {tuple(shape)}).")
+    dt = np.dtype(dtype)
+    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer) or dt == np.bool_
+            or dt == jnp.bfloat16):
+        raise TypeError(f"model {name!r}: features must be real numbers; got dtype {dt}.")
+    return n, d
+
+
+def count_nonfinite(x: Any) -> int:
+    """Number of NaN/inf entries, scanning host arrays in row chunks."""
+    if isinstance(x, jax.Array):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return 0
+        return int(jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)))
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == jnp.bfloat16):
+        return 0
+    bad = 0
+    for start in range(0, arr.shape[0], _FINITE_CHUNK_ROWS):
+        chunk = np.asarray(arr[start:start + _FINITE_CHUNK_ROWS], dtype=np.float32
+                           if arr.dtype.itemsize <= 4 else arr.dtype)
+        bad += int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+    return bad
+
+
+def check_features(
+    features: Any, n_samples: int, names: Any = None
+) -> tuple[tuple[str, ...], list[Any]]:
+    """Splits the zoo into (names, per-model arrays) and checks every model."""
+    if isinstance(features, Mapping):
+        if names is not None:
+            raise ValueError("names= is only used with a stacked (M, N, D) array; "
+                             "a mapping already names its models.")
+        if len(features) == 0:
+            raise ValueError("features: the zoo is empty; pass at least one model.")
+        model_names = tuple(str(k) for k in features)
+        arrays = list(features.values())
+    else:
+        shape = getattr(features, "shape", None)
+        if shape is None:
+            raise TypeError(
+                "features must be a mapping {model name: (N, D) array} or a stacked "
+                f"(M, N, D) array; got {type(features).__name__}."
+            )
+        if len(shape) != 3:
+            raise ValueError(f"stacked features must have shape (M, N, D); got shape {tuple(shape)}.")
+        if shape[0] == 0:
+            raise ValueError("features: the zoo is empty (M = 0).")
+        if names is None:
+            model_names = tuple(f"model_{i}" for i in range(shape[0]))
+        else:
+            model_names = tuple(str(n) for n in names)
+            if len(model_names) != shape[0]:
+                raise ValueError(f"names has {len(model_names)} entries for {shape[0]} models.")
+        arrays = [features[i] for i in range(shape[0])]
+    if len(set(model_names)) != len(model_names):
+        dup = sorted({n for n in model_names if model_names.count(n) > 1})
+        raise ValueError(f"model names must be unique; repeated: {dup}.")
+    for name, x in zip(model_names, arrays, strict=True):
+        check_feature_array(name, x, n_samples)
+        bad = count_nonfinite(x)
+        if bad:
+            raise ValueError(f"model {name!r}: features contain {bad} NaN or infinite value(s).")
+    return model_names, arrays
+
+
+def resolve_dtype(dtype: Any) -> np.dtype:
+    """The computation dtype: float32 unless float64 is asked for (needs x64)."""
+    dt = np.dtype("float32" if dtype is None else dtype)
+    if dt not in (np.dtype("float32"), np.dtype("float64")):
+        raise ValueError(f"dtype must be float32 or float64 (the computation dtype); got {dt}.")
+    if dt == np.float64 and not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            "dtype=float64 needs 64-bit JAX: run under `with jax.enable_x64(True):` "
+            "or set JAX_ENABLE_X64=1 before importing jax."
+        )
+    return dt
+
+
+def resolve_precision(precision: Any) -> str:
+    """Normalises a matmul precision setting to 'default', 'high' or 'highest'."""
+    if isinstance(precision, jax.lax.Precision):
+        return {jax.lax.Precision.DEFAULT: "default", jax.lax.Precision.HIGH: "high",
+                jax.lax.Precision.HIGHEST: "highest"}[precision]
+    key = str(precision).lower()
+    if key not in _PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {sorted(set(_PRECISIONS.values()))} (or a "
+            f"jax.lax.Precision); got {precision!r}."
+        )
+    return _PRECISIONS[key]
+
+
+def check_n_components(n_components: Any) -> int:
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        raise TypeError(f"n_components must be a positive integer; got {n_components!r}.")
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1; got {n_components}.")
+    return int(n_components)
+
+
+def effective_components(
+    n_components: int, n_samples: int, dims: dict[str, int], *, warn: bool = True
+) -> dict[str, int]:
+    """``k = min(n_components, N - 1, D_m)`` per model, warning where it is reduced."""
+    out = {}
+    for name, d in dims.items():
+        k = min(n_components, n_samples - 1, d)
+        if k < n_components and warn:
+            why = f"D = {d}" if d <= n_samples - 1 else f"N - 1 = {n_samples - 1}"
+            warnings.warn(
+                f"model {name!r}: n_components reduced from {n_components} to {k} ({why}).",
+                UserWarning,
+                stacklevel=3,
+            )
+        out[name] = k
+    return out
+
+
+def warn_singleton_classes(labels: Labels, *, stacklevel: int = 3) -> None:
+    singles = labels.classes[labels.counts == 1]
+    if singles.size:
+        shown = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in singles[:5])
+        more = "" if singles.size <= 5 else f" and {singles.size - 5} more"
+        warnings.warn(
+            f"{singles.size} class(es) have a single sample ({shown}{more}): they add no "
+            "within-class scatter and look perfectly collapsed, which inflates etf.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
