@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve, solve_triangular
-
+from ._linalg import cho_solve, cholesky, eigh, solve_triangular
 from ._nuclear import right_singular
 
 # scikit-learn's LinearDiscriminantAnalysis(tol=1e-4): singular values of the
@@ -101,12 +100,12 @@ def lda_eigen(
     sw = sw + off
     sb = sb - off
 
-    chol = jnp.linalg.cholesky(sw)
+    chol = cholesky(sw)
     a = solve_triangular(chol, solve_triangular(chol, sb, lower=True).T, lower=True)
-    _, u = jnp.linalg.eigh(a)
+    _, u = eigh(a)
     evecs = solve_triangular(chol.T, u[:, ::-1], lower=False)  # descending eigenvalue
 
     projection = jnp.where(jnp.arange(k) < n_out, z @ evecs, 0.0)
-    coef = cho_solve((chol, True), stats.means.T).T  # means @ Sw^-1, (C, k)
+    coef = cho_solve(chol, stats.means.T).T  # means @ Sw^-1, (C, k)
     decision = z @ coef.T - 0.5 * jnp.sum(stats.means * coef, axis=1) + jnp.log(stats.priors)
     return projection, decision

@@ -15,6 +15,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate
+from ._linalg import sequential_batches
 from ._lda import ClassStats, lda_eigen, lda_svd
 from ._nuclear import nuclear_norm
 from ._pad import ClassLayout, class_layout, stack_zoo
@@ -159,12 +160,22 @@ def model_components(
     return jnp.stack([etf, ncc, vc]), pca_rank, shrinkage, use_eigen
 
 
-@functools.partial(jax.jit, static_argnames=("k", "precision"))
+@functools.partial(jax.jit, static_argnames=("k", "precision", "platform"))
 def zoo_components(
-    x: jax.Array, n_valid_components: jax.Array, layout: ClassLayout, *, k: int, precision: str
+    x: jax.Array,
+    n_valid_components: jax.Array,
+    layout: ClassLayout,
+    *,
+    k: int,
+    precision: str,
+    platform: str,
 ) -> RawComponents:
-    """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D)."""
-    with jax.default_matmul_precision(precision):
+    """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D).
+
+    ``platform`` is the backend ``x`` lives on; on "cpu" the batched LAPACK calls
+    run as loops (see :mod:`ncti_jax._linalg`).
+    """
+    with jax.default_matmul_precision(precision), sequential_batches(platform == "cpu"):
         comps, rank, shrinkage, eigen = jax.vmap(
             functools.partial(model_components, k=k), in_axes=(0, 0, None)
         )(x, n_valid_components, layout)
@@ -258,7 +269,7 @@ def score_zoo(
     layout = class_layout(lab, dt)
     raw = zoo_components(
         x, jnp.asarray([k_eff[m] for m in model_names], jnp.int32), layout,
-        k=k, precision=precision,
+        k=k, precision=precision, platform=next(iter(x.devices())).platform,
     )
     return _finish(model_names, raw, k_eff, k_req, lab)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._linalg import eigh
+
 
 def right_singular(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Singular values and right singular vectors of ``a`` (n, p) from its p x p Gram.
@@ -21,7 +23,7 @@ def right_singular(a: jax.Array) -> tuple[jax.Array, jax.Array]:
       s: (p,) singular values, in the order of decreasing Gram eigenvalue.
       v: (p, p) right singular vectors as columns.
     """
-    _, v = jnp.linalg.eigh(a.T @ a)
+    _, v = eigh(a.T @ a)
     v = v[:, ::-1]
     return jnp.linalg.norm(a @ v, axis=0), v
 

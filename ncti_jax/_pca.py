@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._linalg import eigh
+
 
 def pca_project(
     x: jax.Array, n_valid_components: jax.Array, k: int
@@ -31,11 +33,11 @@ def pca_project(
     mean = jnp.mean(x, axis=0)
     xc = x - mean
     if n >= d:
-        evals, evecs = jnp.linalg.eigh(xc.T @ xc)
+        evals, evecs = eigh(xc.T @ xc)
         evals, evecs = evals[::-1][:k], evecs[:, ::-1][:, :k]
         z = xc @ evecs
     else:
-        evals, evecs = jnp.linalg.eigh(xc @ xc.T)
+        evals, evecs = eigh(xc @ xc.T)
         evals, evecs = evals[::-1][:k], evecs[:, ::-1][:, :k]
         z = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
     variances = jnp.clip(evals, 0.0) / (n - 1)

@@ -1,0 +1,77 @@
+"""The dense linear algebra the kernels use, safe to vmap on every backend.
+
+On XLA:CPU (jaxlib 0.10), a *batched* LAPACK call (eigh, cholesky, triangular
+solve) fans its batch out over the intra-op thread pool and blocks a pool thread
+until the batch is done. Two such calls in flight at once, or one inside a
+matmul's completion callback, can hold every pool thread while waiting for the
+pool: the program hangs (seen within a few runs on a 2-core machine). Under
+:func:`sequential_batches`, vmapping these functions turns into a loop of
+unbatched calls, which never wait on the pool. On accelerators the batched
+solvers are used as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+from jax.custom_batching import sequential_vmap
+from jax.scipy.linalg import solve_triangular as _solve_triangular
+
+_SEQUENTIAL = contextvars.ContextVar("ncti_sequential_linalg", default=False)
+
+
+@contextlib.contextmanager
+def sequential_batches(enabled: bool) -> Iterator[None]:
+    """While tracing inside this context, batched linear algebra becomes a loop."""
+    token = _SEQUENTIAL.set(enabled)
+    try:
+        yield
+    finally:
+        _SEQUENTIAL.reset(token)
+
+
+def _eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.linalg.eigh(a)
+
+
+def _cholesky(a: jax.Array) -> jax.Array:
+    return jnp.linalg.cholesky(a)
+
+
+def _lower_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    return _solve_triangular(a, b, lower=True)
+
+
+def _upper_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    return _solve_triangular(a, b, lower=False)
+
+
+_LOOPED = {f: sequential_vmap(f) for f in (_eigh, _cholesky, _lower_solve, _upper_solve)}
+
+
+def _pick(f):
+    return _LOOPED[f] if _SEQUENTIAL.get() else f
+
+
+def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix."""
+    return _pick(_eigh)(a)
+
+
+def cholesky(a: jax.Array) -> jax.Array:
+    """Lower Cholesky factor."""
+    return _pick(_cholesky)(a)
+
+
+def solve_triangular(a: jax.Array, b: jax.Array, *, lower: bool) -> jax.Array:
+    """Solves ``a @ x = b`` for triangular ``a``."""
+    return _pick(_lower_solve if lower else _upper_solve)(a, b)
+
+
+def cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
+    """Solves ``(chol @ chol.T) @ x = b`` given the lower Cholesky factor."""
+    return solve_triangular(chol.T, solve_triangular(chol, b, lower=True), lower=False)
