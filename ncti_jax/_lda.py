@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
 from ._linalg import cho_solve, cholesky, eigh, solve_triangular
 from ._nuclear import right_singular
 

@@ -15,8 +15,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate
-from ._linalg import sequential_batches
 from ._lda import ClassStats, lda_eigen, lda_svd
+from ._linalg import sequential_batches
 from ._nuclear import nuclear_norm
 from ._pad import ClassLayout, class_layout, stack_zoo
 from ._pca import pca_project
@@ -60,7 +60,10 @@ class RawComponents:
 )
 @dataclasses.dataclass(frozen=True)
 class NCTIResult:
-    """NCTI of a zoo. Every array field has shape (M,), in the order of ``models``.
+    """NCTI of a zoo: host (NumPy) arrays of shape (M,), in the order of ``models``.
+
+    Raw components keep the computation dtype; normalised ones and the score are
+    float64.
 
     Attributes:
       models: model names.
@@ -82,18 +85,18 @@ class NCTIResult:
     """
 
     models: tuple[str, ...]
-    etf: jax.Array
-    ncc: jax.Array
-    vc: jax.Array
-    etf_norm: jax.Array
-    ncc_norm: jax.Array
-    vc_norm: jax.Array
-    ncti: jax.Array
-    ranking: jax.Array
-    solver: jax.Array
-    shrinkage: jax.Array
-    n_components: jax.Array
-    status: jax.Array
+    etf: np.ndarray
+    ncc: np.ndarray
+    vc: np.ndarray
+    etf_norm: np.ndarray
+    ncc_norm: np.ndarray
+    vc_norm: np.ndarray
+    ncti: np.ndarray
+    ranking: np.ndarray
+    solver: np.ndarray
+    shrinkage: np.ndarray
+    n_components: np.ndarray
+    status: np.ndarray
 
     def best(self) -> str:
         """The name of the best-ranked model."""
@@ -101,23 +104,22 @@ class NCTIResult:
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict of plain Python values per model, best first."""
-        host = jax.device_get(self)
         records = []
-        for rank, i in enumerate(np.asarray(host.ranking).tolist(), start=1):
+        for rank, i in enumerate(np.asarray(self.ranking).tolist(), start=1):
             records.append({
                 "model": self.models[i],
                 "rank": rank,
-                "ncti": float(host.ncti[i]),
-                "etf": float(host.etf[i]),
-                "ncc": float(host.ncc[i]),
-                "vc": float(host.vc[i]),
-                "etf_norm": float(host.etf_norm[i]),
-                "ncc_norm": float(host.ncc_norm[i]),
-                "vc_norm": float(host.vc_norm[i]),
-                "solver": "eigen" if int(host.solver[i]) else "svd",
-                "shrinkage": float(host.shrinkage[i]),
-                "n_components": int(host.n_components[i]),
-                "status": [f.name for f in Status if f and int(host.status[i]) & f],
+                "ncti": float(self.ncti[i]),
+                "etf": float(self.etf[i]),
+                "ncc": float(self.ncc[i]),
+                "vc": float(self.vc[i]),
+                "etf_norm": float(self.etf_norm[i]),
+                "ncc_norm": float(self.ncc_norm[i]),
+                "vc_norm": float(self.vc_norm[i]),
+                "solver": "eigen" if int(self.solver[i]) else "svd",
+                "shrinkage": float(self.shrinkage[i]),
+                "n_components": int(self.n_components[i]),
+                "status": [f.name for f in Status if f and int(self.status[i]) & f],
             })
         return records
 
@@ -182,29 +184,17 @@ def zoo_components(
     return RawComponents(comps, rank, shrinkage, eigen)
 
 
-def min_max(values: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Min-max normalisation over the model axis; a constant column maps to 0.
+def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.ndarray, ...]:
+    """Min-max normalised components and NCTI from raw components, e.g. to merge zoos.
 
-    Args:
-      values: (M, P) raw values.
-
-    Returns:
-      (M, P) normalised values and (P,) whether each column was constant.
-    """
-    lo, hi = jnp.min(values, axis=0), jnp.max(values, axis=0)
-    span = hi - lo
-    constant = span == 0
-    return jnp.where(constant, 0.0, (values - lo) / jnp.where(constant, 1.0, span)), constant
-
-
-def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[jax.Array, ...]:
-    """Normalised components and NCTI from raw components, e.g. to merge zoos.
+    Host-side and float64: M numbers per component. A component that is equal
+    for every model normalises to 0.
 
     Args:
       etf, ncc, vc: (M,) raw components of the models to rank together.
 
     Returns:
-      etf_norm, ncc_norm, vc_norm, ncti, each (M,).
+      etf_norm, ncc_norm, vc_norm, ncti, each an (M,) float64 NumPy array.
 
     Example:
       >>> import ncti_jax
@@ -212,8 +202,11 @@ def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[jax.Ar
       >>> score.tolist()
       [0.0, 3.0]
     """
-    raw = jnp.stack([jnp.asarray(etf), jnp.asarray(ncc), jnp.asarray(vc)], axis=1)
-    norm, _ = min_max(raw)
+    raw = np.stack([np.asarray(jax.device_get(v), np.float64).reshape(-1)
+                    for v in (etf, ncc, vc)], axis=1)
+    lo, hi = raw.min(axis=0), raw.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    norm = np.where(hi > lo, (raw - lo) / span, 0.0)
     return norm[:, 0], norm[:, 1], norm[:, 2], norm[:, 0] + norm[:, 1] - norm[:, 2]
 
 
@@ -295,9 +288,10 @@ def _finish(
     norm = np.full_like(comps, np.nan)
     constant = np.zeros(3, bool)
     if finite.any():
-        n, constant = jax.device_get(min_max(jnp.asarray(comps[finite], raw.components.dtype)))
-        norm[finite] = n
-        constant = np.asarray(constant)
+        *parts, _ = normalise_zoo(*comps[finite].T)
+        norm[finite] = np.stack(parts, axis=1)
+        ok = comps[finite]
+        constant = ok.max(axis=0) == ok.min(axis=0)
         if constant.any():
             status[finite] |= Status.CONSTANT_COMPONENT
     ncti = norm[:, 0] + norm[:, 1] - norm[:, 2]
@@ -319,16 +313,16 @@ def _finish(
                       f"{' (a zoo of one model)' if len(models) == 1 else ''}; "
                       "they normalise to 0.", UserWarning, stacklevel=3)
 
-    dtype = raw.components.dtype
+    raw_dtype = raw.components.dtype
     return NCTIResult(
         models=tuple(models),
-        etf=jnp.asarray(comps[:, 0], dtype), ncc=jnp.asarray(comps[:, 1], dtype),
-        vc=jnp.asarray(comps[:, 2], dtype),
-        etf_norm=jnp.asarray(norm[:, 0], dtype), ncc_norm=jnp.asarray(norm[:, 1], dtype),
-        vc_norm=jnp.asarray(norm[:, 2], dtype), ncti=jnp.asarray(ncti, dtype),
-        ranking=jnp.asarray(order, jnp.int32),
-        solver=jnp.asarray(raw.eigen_solver, jnp.int32),
-        shrinkage=jnp.asarray(raw.shrinkage, dtype),
-        n_components=jnp.asarray(rank, jnp.int32),
-        status=jnp.asarray(status, jnp.int32),
+        etf=np.asarray(raw.components[:, 0], raw_dtype),
+        ncc=np.asarray(raw.components[:, 1], raw_dtype),
+        vc=np.asarray(raw.components[:, 2], raw_dtype),
+        etf_norm=norm[:, 0], ncc_norm=norm[:, 1], vc_norm=norm[:, 2], ncti=ncti,
+        ranking=order.astype(np.int64),
+        solver=np.asarray(raw.eigen_solver, np.int32),
+        shrinkage=np.asarray(raw.shrinkage, raw_dtype),
+        n_components=rank.astype(np.int32),
+        status=status,
     )
