@@ -18,20 +18,22 @@ from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
 from jax.custom_batching import sequential_vmap
 from jax.scipy.linalg import solve_triangular as _solve_triangular
 
-_SEQUENTIAL = contextvars.ContextVar("ncti_sequential_linalg", default=False)
+_ON_CPU = contextvars.ContextVar("ncti_linalg_on_cpu", default=False)
 
 
 @contextlib.contextmanager
-def sequential_batches(enabled: bool) -> Iterator[None]:
-    """While tracing inside this context, batched linear algebra becomes a loop."""
-    token = _SEQUENTIAL.set(enabled)
+def target_platform(platform: str) -> Iterator[None]:
+    """Traces the kernels inside this context for ``platform`` ("cpu", "gpu", "tpu")."""
+    token = _ON_CPU.set(platform == "cpu")
     try:
         yield
     finally:
-        _SEQUENTIAL.reset(token)
+        _ON_CPU.reset(token)
 
 
 def _eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -54,7 +56,7 @@ _LOOPED = {f: sequential_vmap(f) for f in (_eigh, _cholesky, _lower_solve, _uppe
 
 
 def _pick(f):
-    return _LOOPED[f] if _SEQUENTIAL.get() else f
+    return _LOOPED[f] if _ON_CPU.get() else f
 
 
 def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -75,3 +77,29 @@ def solve_triangular(a: jax.Array, b: jax.Array, *, lower: bool) -> jax.Array:
 def cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
     """Solves ``(chol @ chol.T) @ x = b`` given the lower Cholesky factor."""
     return solve_triangular(chol.T, solve_triangular(chol, b, lower=True), lower=False)
+
+
+def _host_top_eigh(g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    g = np.asarray(g, dtype=np.float64)
+    d = g.shape[-1]
+    evals, evecs = scipy.linalg.eigh(g, subset_by_index=(d - k, d - 1), check_finite=False)
+    return evals[::-1].copy(), evecs[:, ::-1].copy()
+
+
+def top_eigh(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """The ``k`` largest eigenpairs of a symmetric matrix, eigenvalues decreasing.
+
+    On CPU solved in float64 on the host (see the module notes); elsewhere with
+    the backend's ``eigh`` in ``g``'s dtype.
+    """
+    if not _ON_CPU.get():
+        evals, evecs = jnp.linalg.eigh(g)
+        return evals[::-1][:k], evecs[:, ::-1][:, :k]
+    d = g.shape[-1]
+    out = (jax.ShapeDtypeStruct((k,), g.dtype), jax.ShapeDtypeStruct((d, k), g.dtype))
+
+    def host(a):
+        evals, evecs = _host_top_eigh(a, k)
+        return evals.astype(a.dtype), evecs.astype(a.dtype)
+
+    return jax.pure_callback(host, out, g, vmap_method="sequential")

@@ -16,7 +16,7 @@ from jax.typing import ArrayLike
 
 from . import _validate
 from ._lda import ClassStats, lda_eigen, lda_svd
-from ._linalg import sequential_batches
+from ._linalg import target_platform
 from ._nuclear import nuclear_norm
 from ._pad import ClassLayout, class_layout, stack_zoo
 from ._pca import pca_project
@@ -174,10 +174,10 @@ def zoo_components(
 ) -> RawComponents:
     """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D).
 
-    ``platform`` is the backend ``x`` lives on; on "cpu" the batched LAPACK calls
-    run as loops (see :mod:`ncti_jax._linalg`).
+    ``platform`` is the backend ``x`` lives on: the linear algebra is traced for
+    it (see :mod:`ncti_jax._linalg`).
     """
-    with jax.default_matmul_precision(precision), sequential_batches(platform == "cpu"):
+    with jax.default_matmul_precision(precision), target_platform(platform):
         comps, rank, shrinkage, eigen = jax.vmap(
             functools.partial(model_components, k=k), in_axes=(0, 0, None)
         )(x, n_valid_components, layout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._linalg import eigh
+from ._linalg import top_eigh
 
 
 def pca_project(
@@ -13,8 +13,9 @@ def pca_project(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Projects centred features on their top-``k`` principal directions.
 
-    The subspace is exact: ``eigh`` of the D x D covariance when N >= D, of the
-    N x N Gram of the samples otherwise (the choice is static, on shapes).
+    The subspace is exact: the top eigenvectors of the D x D covariance when
+    N >= D, of the N x N Gram of the samples otherwise (the choice is static, on
+    shapes); see :func:`ncti_jax._linalg.top_eigh` for how they are solved.
 
     Args:
       x: (N, D) features; padded columns are zero.
@@ -33,12 +34,10 @@ def pca_project(
     mean = jnp.mean(x, axis=0)
     xc = x - mean
     if n >= d:
-        evals, evecs = eigh(xc.T @ xc)
-        evals, evecs = evals[::-1][:k], evecs[:, ::-1][:, :k]
+        evals, evecs = top_eigh(xc.T @ xc, k)
         z = xc @ evecs
     else:
-        evals, evecs = eigh(xc @ xc.T)
-        evals, evecs = evals[::-1][:k], evecs[:, ::-1][:, :k]
+        evals, evecs = top_eigh(xc @ xc.T, k)
         z = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
     variances = jnp.clip(evals, 0.0) / (n - 1)
     mask = (jnp.arange(k) < n_valid_components) & (variances > variance_floor(x, mean, variances))

@@ -1,0 +1,44 @@
+"""Shared fixtures: fresh random generators (seed printed on failure), x64, zoos."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import jax
+import numpy as np
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """A fresh seed per test (NCTI_TEST_SEED pins it); shown in the failure report."""
+    value = int(os.environ.get("NCTI_TEST_SEED", secrets.randbits(32)))
+    request.node.user_properties.append(("seed", value))
+    print(f"seed = {value}  (rerun with NCTI_TEST_SEED={value})")
+    return value
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def x64():
+    """64-bit JAX for the duration of one test, restored afterwards."""
+    with jax.enable_x64(True):
+        yield
