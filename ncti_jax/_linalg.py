@@ -89,17 +89,22 @@ def _host_top_eigh(g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def top_eigh(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """The ``k`` largest eigenpairs of a symmetric matrix, eigenvalues decreasing.
 
-    On CPU solved in float64 on the host (see the module notes); elsewhere with
-    the backend's ``eigh`` in ``g``'s dtype.
+    On CPU a float32 problem is solved in float64 on the host (see the module
+    notes); otherwise with the backend's ``eigh`` in ``g``'s dtype.
     """
-    if not _ON_CPU.get():
-        evals, evecs = jnp.linalg.eigh(g)
+    if not _ON_CPU.get() or g.dtype == jnp.float64:
+        # float64 needs no help. (It also cannot go through the callback: x64 is
+        # thread-local and XLA runs callbacks on its own threads, which would
+        # see float32.)
+        evals, evecs = eigh(g)
         return evals[::-1][:k], evecs[:, ::-1][:, :k]
     d = g.shape[-1]
     out = (jax.ShapeDtypeStruct((k,), g.dtype), jax.ShapeDtypeStruct((d, k), g.dtype))
 
+    dtype = np.dtype(g.dtype)
+
     def host(a):
         evals, evecs = _host_top_eigh(a, k)
-        return evals.astype(a.dtype), evecs.astype(a.dtype)
+        return evals.astype(dtype), evecs.astype(dtype)
 
     return jax.pure_callback(host, out, g, vmap_method="sequential")

@@ -40,7 +40,7 @@ def zoo(
     """``({name: features}, labels)`` with one model per entry of ``dims``."""
     y = labels(rng, n, n_classes)
     if collapse is None:
-        collapse = tuple(np.geomspace(0.15, 1.5, len(dims)))
+        collapse = tuple(np.geomspace(0.01, 0.25, len(dims)))
     feats = {f"model_{i}_d{d}": model_features(rng, y, d, c)
              for i, (d, c) in enumerate(zip(dims, collapse, strict=True))}
     return feats, y
