@@ -80,7 +80,7 @@ def check_labels(labels: Any, *, what: str = "labels") -> Labels:
             i = int(np.flatnonzero(frac)[0])
             raise ValueError(
                 f"{what} are floats that are not whole numbers ({int(frac.sum())} of them, "
-                f"e.g. {y[i]!r} at index {i}); pass integer or string class labels."
+                f"e.g. {float(y[i])!r} at index {i}); pass integer or string class labels."
             )
         y = y.astype(np.int64)
     elif kind == "c":

@@ -1,0 +1,171 @@
+"""``ncti score`` on generated feature stores, in both layouts; corrupt files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import zoos
+from ncti_jax import cli, io, reference
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*n_components reduced:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    rng = np.random.default_rng(11)
+    return zoos.zoo(rng, n=300, n_classes=5, dims=(24, 40, 32))
+
+
+def write_directory_store(path, feats, y):
+    path.mkdir(parents=True, exist_ok=True)
+    np.save(path / "labels.npy", y)
+    for i, (name, x) in enumerate(feats.items()):
+        if i == 0:
+            np.savez(path / f"{name}.npz", features=x)
+        else:
+            np.save(path / f"{name}.npy", x)
+    return path
+
+
+def write_authors_store(path, feats, y, dataset="cifar10"):
+    path.mkdir(parents=True, exist_ok=True)
+    for name, x in feats.items():
+        np.save(path / f"{name}_{dataset}_feature.npy", x)
+        np.save(path / f"{name}_{dataset}_label.npy", y)
+    return path
+
+
+def check_outputs(out, feats, y, capsys):
+    doc = json.loads((out / "scores.json").read_text())
+    assert doc["schema"] == io.SCHEMA
+    assert doc["settings"]["n_samples"] == len(y) and doc["settings"]["n_models"] == len(feats)
+    assert {"jax", "numpy", "ncti_jax"} <= set(doc["versions"])
+    records = doc["models"]
+    assert [r["rank"] for r in records] == list(range(1, len(feats) + 1))
+    assert [r["ncti"] for r in records] == sorted((r["ncti"] for r in records), reverse=True)
+    ref = reference.score_zoo(feats, y)
+    by_name = {r["model"]: r for r in records}
+    for i, name in enumerate(ref.models):
+        for comp in ("etf", "ncc", "vc"):
+            assert by_name[name][comp] == pytest.approx(getattr(ref, comp)[i], rel=1e-4)
+    assert [r["model"] for r in records] == [ref.models[i] for i in ref.ranking]
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == [r["model"] for r in records]
+    assert float(rows[0]["ncti"]) == pytest.approx(records[0]["ncti"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    table = capsys.readouterr().out
+    assert records[0]["model"] in table.splitlines()[2]
+
+
+def test_score_directory_layout(tmp_path, zoo, capsys):
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    out = tmp_path / "out"
+    assert cli.main(["score", str(store), "--out", str(out)]) == 0
+    check_outputs(out, feats, y, capsys)
+
+
+def test_score_authors_layout(tmp_path, zoo, capsys):
+    feats, y = zoo
+    store = write_authors_store(tmp_path / "store", feats, y)
+    write_authors_store(store, feats, y, dataset="dtd")  # a second dataset in the same folder
+    out = tmp_path / "out"
+    assert cli.main(["score", str(store), "--dataset", "cifar10", "--out", str(out)]) == 0
+    check_outputs(out, feats, y, capsys)
+    assert cli.main(["score", str(store), "--out", str(out)]) == 2
+    assert "several datasets ['cifar10', 'dtd']" in capsys.readouterr().err
+
+
+def test_model_subset_and_unknown_model(tmp_path, zoo, capsys):
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    names = list(feats)[1:]
+    out = tmp_path / "out"
+    assert cli.main(["score", str(store), "--models", ",".join(names), "--out", str(out), "-q"]) == 0
+    doc = io.read_results(out)
+    assert sorted(r["model"] for r in doc["models"]) == sorted(names)
+    assert cli.main(["score", str(store), "--models", "nope", "--out", str(out)]) == 2
+    assert "no features for model(s) ['nope']" in capsys.readouterr().err
+
+
+def test_corrupt_npy_is_named(tmp_path, zoo, capsys):
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    bad = store / "broken.npy"
+    bad.write_bytes(b"\x93NUMPY garbage that is not an array header")
+    assert cli.main(["score", str(store), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.npy" in err and "not a readable NumPy array file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_array_is_refused(tmp_path, zoo):
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    np.save(store / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(io.FeatureStoreError, match="evil.npy"):
+        io.load_feature_store(store)
+
+
+def test_mismatched_files_are_named(tmp_path, zoo):
+    feats, y = zoo
+    store = write_authors_store(tmp_path / "a", feats, y)
+    name = next(iter(feats))
+    np.save(store / f"{name}_cifar10_label.npy", y[::-1])
+    with pytest.raises(io.FeatureStoreError, match="labels differ"):
+        io.load_feature_store(store, dataset="cifar10")
+    store = write_directory_store(tmp_path / "b", feats, y)
+    np.save(store / "short.npy", np.ones((10, 3), np.float32))
+    with pytest.raises(io.FeatureStoreError, match=r"model 'short' have shape \(10, 3\)"):
+        io.load_feature_store(store)
+    with pytest.raises(io.FeatureStoreError, match="not a directory"):
+        io.load_feature_store(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(io.FeatureStoreError, match="no feature store found"):
+        io.load_feature_store(tmp_path / "empty")
+
+
+def test_features_are_memory_mapped(tmp_path, zoo):
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    loaded, labels = io.load_feature_store(store)
+    mapped = [name for name, x in loaded.items() if isinstance(x, np.memmap)]
+    assert mapped == list(feats)[1:]  # every .npy; the .npz is read into memory
+    np.testing.assert_array_equal(labels, y)
+
+
+def test_existing_results_survive_a_failed_write(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    doc = io.results_document([], {"n_models": 0})
+    io.write_results(out, doc)
+    before = (out / "scores.json").read_text()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_results(out, io.results_document([], {"n_models": 1}))
+    assert (out / "scores.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["scores.csv", "scores.json"]
+
+
+def test_float64_cli(tmp_path, zoo, capsys):
+    import jax
+
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    try:
+        assert cli.main(["score", str(store), "--dtype", "float64", "--out", str(tmp_path / "o")]) == 0
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    doc = io.read_results(tmp_path / "o")
+    ref = reference.score_zoo(feats, y)
+    got = {r["model"]: r["etf"] for r in doc["models"]}
+    for i, name in enumerate(ref.models):
+        assert got[name] == pytest.approx(ref.etf[i], rel=1e-9)
