@@ -40,14 +40,14 @@ def _rank_floor(dtype, k: int) -> float:
     return float((k * jnp.finfo(dtype).eps) ** 0.5)
 
 
-def lda_svd(
-    z: jax.Array, mask: jax.Array, stats: ClassStats, n_out: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def lda_svd(z: jax.Array, stats: ClassStats, n_out: jax.Array) -> tuple[jax.Array, jax.Array]:
     """scikit-learn's ``solver="svd"``.
+
+    Masked PCA columns are zero in ``z``: their std is set to 1 and they add only
+    zero singular values, which the rank masks drop, so no column mask is needed.
 
     Args:
       z: (N, k) projection, zero on masked columns.
-      mask: (k,) the valid columns of ``z``.
       stats: class statistics of ``z``.
       n_out: scalar, the number of transform columns to keep, ``min(C - 1, k_valid)``.
     """
@@ -72,7 +72,6 @@ def lda_svd(
     coef = centred_means @ scalings
     decision = projection @ coef.T - 0.5 * jnp.sum(coef * coef, axis=1) + jnp.log(stats.priors)
     projection = jnp.where(jnp.arange(k) < n_out, projection, 0.0)
-    del mask  # masked columns are zero in z, so they drop out through std and the rank masks
     return projection, decision
 
 

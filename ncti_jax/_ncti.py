@@ -148,7 +148,7 @@ def model_components(
     stats = ClassStats(z, layout.codes, layout.counts)
     pca_rank = jnp.sum(mask)
     n_out = jnp.minimum(c - 1, pca_rank)
-    proj_svd, dec_svd = lda_svd(z, mask, stats, n_out)
+    proj_svd, dec_svd = lda_svd(z, stats, n_out)
     proj_eig, dec_eig = lda_eigen(z, mask, stats, n_out, shrinkage)
     projection = jnp.where(use_eigen, proj_eig, proj_svd)
     decision = jnp.where(use_eigen, dec_eig, dec_svd)
