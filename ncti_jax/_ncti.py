@@ -39,9 +39,11 @@ class Status(enum.IntFlag):
     NON_FINITE = 32  # a raw component came out NaN or infinite; the score is NaN
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["components", "pca_rank", "shrinkage", "eigen_solver"],
-                   meta_fields=[])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["components", "pca_rank", "shrinkage", "eigen_solver"],
+    meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class RawComponents:
     """Per-model outputs of the compiled kernel; every field has shape (M,) or (M, 3)."""
@@ -54,8 +56,20 @@ class RawComponents:
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["etf", "ncc", "vc", "etf_norm", "ncc_norm", "vc_norm", "ncti", "ranking",
-                 "solver", "shrinkage", "n_components", "status"],
+    data_fields=[
+        "etf",
+        "ncc",
+        "vc",
+        "etf_norm",
+        "ncc_norm",
+        "vc_norm",
+        "ncti",
+        "ranking",
+        "solver",
+        "shrinkage",
+        "n_components",
+        "status",
+    ],
     meta_fields=["models"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -106,21 +120,23 @@ class NCTIResult:
         """One dict of plain Python values per model, best first."""
         records = []
         for rank, i in enumerate(np.asarray(self.ranking).tolist(), start=1):
-            records.append({
-                "model": self.models[i],
-                "rank": rank,
-                "ncti": float(self.ncti[i]),
-                "etf": float(self.etf[i]),
-                "ncc": float(self.ncc[i]),
-                "vc": float(self.vc[i]),
-                "etf_norm": float(self.etf_norm[i]),
-                "ncc_norm": float(self.ncc_norm[i]),
-                "vc_norm": float(self.vc_norm[i]),
-                "solver": "eigen" if int(self.solver[i]) else "svd",
-                "shrinkage": float(self.shrinkage[i]),
-                "n_components": int(self.n_components[i]),
-                "status": [f.name for f in Status if f and int(self.status[i]) & f],
-            })
+            records.append(
+                {
+                    "model": self.models[i],
+                    "rank": rank,
+                    "ncti": float(self.ncti[i]),
+                    "etf": float(self.etf[i]),
+                    "ncc": float(self.ncc[i]),
+                    "vc": float(self.vc[i]),
+                    "etf_norm": float(self.etf_norm[i]),
+                    "ncc_norm": float(self.ncc_norm[i]),
+                    "vc_norm": float(self.vc_norm[i]),
+                    "solver": "eigen" if int(self.solver[i]) else "svd",
+                    "shrinkage": float(self.shrinkage[i]),
+                    "n_components": int(self.n_components[i]),
+                    "status": [f.name for f in Status if f and int(self.status[i]) & f],
+                }
+            )
         return records
 
 
@@ -202,8 +218,9 @@ def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.nda
       >>> score.tolist()
       [0.0, 3.0]
     """
-    raw = np.stack([np.asarray(jax.device_get(v), np.float64).reshape(-1)
-                    for v in (etf, ncc, vc)], axis=1)
+    raw = np.stack(
+        [np.asarray(jax.device_get(v), np.float64).reshape(-1) for v in (etf, ncc, vc)], axis=1
+    )
     lo, hi = raw.min(axis=0), raw.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
     norm = np.where(hi > lo, (raw - lo) / span, 0.0)
@@ -261,14 +278,21 @@ def score_zoo(
     x = stack_zoo(arrays, dt)
     layout = class_layout(lab, dt)
     raw = zoo_components(
-        x, jnp.asarray([k_eff[m] for m in model_names], jnp.int32), layout,
-        k=k, precision=precision, platform=next(iter(x.devices())).platform,
+        x,
+        jnp.asarray([k_eff[m] for m in model_names], jnp.int32),
+        layout,
+        k=k,
+        precision=precision,
+        platform=next(iter(x.devices())).platform,
     )
     return _finish(model_names, raw, k_eff, k_req, lab)
 
 
 def _finish(
-    models: tuple[str, ...], raw: RawComponents, k_eff: dict[str, int], k_req: int,
+    models: tuple[str, ...],
+    raw: RawComponents,
+    k_eff: dict[str, int],
+    k_req: int,
     labels: _validate.Labels,
 ) -> NCTIResult:
     """Normalises on the host, sets status flags and warns about them."""
@@ -299,19 +323,34 @@ def _finish(
 
     for name, s, r in zip(models, status, rank, strict=True):
         if s & Status.NO_VARIANCE:
-            warnings.warn(f"model {name!r}: features have no variance (constant or all zero); "
-                          "its LDA reduces to the class priors.", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"model {name!r}: features have no variance (constant or all zero); "
+                "its LDA reduces to the class priors.",
+                UserWarning,
+                stacklevel=3,
+            )
         elif s & Status.RANK_DEFICIENT:
-            warnings.warn(f"model {name!r}: only {int(r)} of {k_eff[name]} principal "
-                          "directions have variance.", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"model {name!r}: only {int(r)} of {k_eff[name]} principal "
+                "directions have variance.",
+                UserWarning,
+                stacklevel=3,
+            )
         if s & Status.NON_FINITE:
-            warnings.warn(f"model {name!r}: a raw component is not finite; its NCTI is NaN.",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"model {name!r}: a raw component is not finite; its NCTI is NaN.",
+                UserWarning,
+                stacklevel=3,
+            )
     if constant.any():
         which = [c for c, flag in zip(("etf", "ncc", "vc"), constant, strict=True) if flag]
-        warnings.warn(f"component(s) {which} are equal for every model"
-                      f"{' (a zoo of one model)' if len(models) == 1 else ''}; "
-                      "they normalise to 0.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"component(s) {which} are equal for every model"
+            f"{' (a zoo of one model)' if len(models) == 1 else ''}; "
+            "they normalise to 0.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     raw_dtype = raw.components.dtype
     return NCTIResult(
@@ -319,7 +358,10 @@ def _finish(
         etf=np.asarray(raw.components[:, 0], raw_dtype),
         ncc=np.asarray(raw.components[:, 1], raw_dtype),
         vc=np.asarray(raw.components[:, 2], raw_dtype),
-        etf_norm=norm[:, 0], ncc_norm=norm[:, 1], vc_norm=norm[:, 2], ncti=ncti,
+        etf_norm=norm[:, 0],
+        ncc_norm=norm[:, 1],
+        vc_norm=norm[:, 2],
+        ncti=ncti,
         ranking=order.astype(np.int64),
         solver=np.asarray(raw.eigen_solver, np.int32),
         shrinkage=np.asarray(raw.shrinkage, raw_dtype),

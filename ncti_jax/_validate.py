@@ -123,7 +123,9 @@ def check_feature_array(name: str, x: Any, n_samples: int) -> tuple[int, int]:
             raise TypeError(f"model {name!r}: features are not an array ({err}).") from None
         shape, dtype = arr.shape, arr.dtype
     if len(shape) != 2:
-        raise ValueError(f"model {name!r}: features must have shape (N, D); got shape {tuple(shape)}.")
+        raise ValueError(
+            f"model {name!r}: features must have shape (N, D); got shape {tuple(shape)}."
+        )
     n, d = int(shape[0]), int(shape[1])
     if n != n_samples:
         raise ValueError(
@@ -133,8 +135,12 @@ def check_feature_array(name: str, x: Any, n_samples: int) -> tuple[int, int]:
     if d < 1:
         raise ValueError(f"model {name!r}: features have no columns (shape {tuple(shape)}).")
     dt = np.dtype(dtype)
-    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer) or dt == np.bool_
-            or dt == jnp.bfloat16):
+    if not (
+        np.issubdtype(dt, np.floating)
+        or np.issubdtype(dt, np.integer)
+        or dt == np.bool_
+        or dt == jnp.bfloat16
+    ):
         raise TypeError(f"model {name!r}: features must be real numbers; got dtype {dt}.")
     return n, d
 
@@ -150,8 +156,10 @@ def count_nonfinite(x: Any) -> int:
         return 0
     bad = 0
     for start in range(0, arr.shape[0], _FINITE_CHUNK_ROWS):
-        chunk = np.asarray(arr[start:start + _FINITE_CHUNK_ROWS], dtype=np.float32
-                           if arr.dtype.itemsize <= 4 else arr.dtype)
+        chunk = np.asarray(
+            arr[start : start + _FINITE_CHUNK_ROWS],
+            dtype=np.float32 if arr.dtype.itemsize <= 4 else arr.dtype,
+        )
         bad += int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
     return bad
 
@@ -162,8 +170,10 @@ def check_features(
     """Splits the zoo into (names, per-model arrays) and checks every model."""
     if isinstance(features, Mapping):
         if names is not None:
-            raise ValueError("names= is only used with a stacked (M, N, D) array; "
-                             "a mapping already names its models.")
+            raise ValueError(
+                "names= is only used with a stacked (M, N, D) array; "
+                "a mapping already names its models."
+            )
         if len(features) == 0:
             raise ValueError("features: the zoo is empty; pass at least one model.")
         model_names = tuple(str(k) for k in features)
@@ -176,7 +186,9 @@ def check_features(
                 f"(M, N, D) array; got {type(features).__name__}."
             )
         if len(shape) != 3:
-            raise ValueError(f"stacked features must have shape (M, N, D); got shape {tuple(shape)}.")
+            raise ValueError(
+                f"stacked features must have shape (M, N, D); got shape {tuple(shape)}."
+            )
         if shape[0] == 0:
             raise ValueError("features: the zoo is empty (M = 0).")
         if names is None:
@@ -213,8 +225,11 @@ def resolve_dtype(dtype: Any) -> np.dtype:
 def resolve_precision(precision: Any) -> str:
     """Normalises a matmul precision setting to 'default', 'high' or 'highest'."""
     if isinstance(precision, jax.lax.Precision):
-        return {jax.lax.Precision.DEFAULT: "default", jax.lax.Precision.HIGH: "high",
-                jax.lax.Precision.HIGHEST: "highest"}[precision]
+        return {
+            jax.lax.Precision.DEFAULT: "default",
+            jax.lax.Precision.HIGH: "high",
+            jax.lax.Precision.HIGHEST: "highest",
+        }[precision]
     key = str(precision).lower()
     if key not in _PRECISIONS:
         raise ValueError(

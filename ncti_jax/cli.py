@@ -1,8 +1,10 @@
 """The ``ncti`` command line.
 
-    ncti score PATH [--dataset NAME] [--out DIR] [--n-components K]
-                    [--dtype float32|float64] [--precision highest|high|default]
-                    [--models a,b,c]
+ncti score PATH [--dataset NAME] [--out DIR] [--n-components K]
+                [--dtype float32|float64] [--precision highest|high|default]
+                [--models a,b,c]
+ncti evaluate RESULTS --truth group1:cifar10|accuracies.csv [--all] [--bootstrap N]
+ncti plot RESULTS [--truth ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,20 +32,77 @@ def _parser() -> argparse.ArgumentParser:
         description="Score every model of a feature store with NCTI; print the ranking and "
         "write scores.json and scores.csv.",
     )
-    score.add_argument("path", help="feature store directory: <model>.npy + labels.npy, or "
-                       "the authors' <model>_<dataset>_feature.npy / _label.npy")
+    score.add_argument(
+        "path",
+        help="feature store directory: <model>.npy + labels.npy, or "
+        "the authors' <model>_<dataset>_feature.npy / _label.npy",
+    )
     score.add_argument("--dataset", help="dataset of an authors'-layout store")
     score.add_argument("--models", help="comma-separated models to score (default: all)")
-    score.add_argument("--out", default="ncti-results",
-                       help="directory for scores.json and scores.csv (default: %(default)s)")
-    score.add_argument("--n-components", type=int, default=64,
-                       help="PCA dimension k (default: %(default)s)")
-    score.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                       help="computation dtype (default: %(default)s)")
-    score.add_argument("--precision", choices=("highest", "high", "default"), default="highest",
-                       help="matmul precision on accelerators (default: %(default)s, exact float32)")
+    score.add_argument(
+        "--out",
+        default="ncti-results",
+        help="directory for scores.json and scores.csv (default: %(default)s)",
+    )
+    score.add_argument(
+        "--n-components", type=int, default=64, help="PCA dimension k (default: %(default)s)"
+    )
+    score.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="computation dtype (default: %(default)s)",
+    )
+    score.add_argument(
+        "--precision",
+        choices=("highest", "high", "default"),
+        default="highest",
+        help="matmul precision on accelerators (default: %(default)s, exact float32)",
+    )
     score.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     score.set_defaults(func=_score)
+
+    truth_help = (
+        "ground truth: GROUP:DATASET from the published tables (e.g. group1:cifar10), "
+        "or a JSON/CSV file of fine-tune accuracies per model"
+    )
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="judge a ranking against fine-tune accuracies",
+        description="Weighted Kendall tau (the paper's metric), Kendall tau-b, Pearson, Spearman, "
+        "top-k relative accuracy and recall@3 of a ranking against ground truth.",
+    )
+    evaluate.add_argument(
+        "results",
+        help="scores.json (or its directory), a JSON {model: score} "
+        "mapping, or a CSV with model,ncti columns; with --all, a directory of "
+        "<dataset>/scores.json",
+    )
+    evaluate.add_argument("--truth", required=True, help=truth_help + "; with --all, a GROUP")
+    evaluate.add_argument(
+        "--all",
+        action="store_true",
+        help="evaluate every <dataset>/scores.json under RESULTS, one row each",
+    )
+    evaluate.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the wtau interval (default: %(default)s)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    evaluate.set_defaults(func=_evaluate)
+
+    plot = sub.add_parser(
+        "plot",
+        help="plot a ranking (needs matplotlib)",
+        description="Write ranking.png and, with --truth, ncti_vs_truth.png.",
+    )
+    plot.add_argument("results", help="scores.json or its directory (as for evaluate)")
+    plot.add_argument("--truth", help=truth_help)
+    plot.add_argument("--out", help="directory for the PNGs (default: next to the results)")
+    plot.set_defaults(func=_plot)
     return parser
 
 
@@ -51,7 +110,9 @@ def _score(args: argparse.Namespace) -> int:
     import jax
 
     if args.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)  # the CLI owns the process; library code never does
+        jax.config.update(
+            "jax_enable_x64", True
+        )  # the CLI owns the process; library code never does
 
     from . import io as ncti_io
     from ._ncti import score_zoo
@@ -61,20 +122,150 @@ def _score(args: argparse.Namespace) -> int:
     n = labels.shape[0]
     print(f"scoring {len(feats)} models on {n} samples from {args.path} ...", file=sys.stderr)
     start = time.perf_counter()
-    result = score_zoo(feats, labels, n_components=args.n_components, precision=args.precision,
-                       dtype=args.dtype)
+    result = score_zoo(
+        feats, labels, n_components=args.n_components, precision=args.precision, dtype=args.dtype
+    )
     elapsed = time.perf_counter() - start
     records = result.to_records()
     settings = {
-        "n_components": args.n_components, "precision": args.precision, "dtype": args.dtype,
-        "dataset": args.dataset, "source": str(args.path), "n_samples": int(n),
-        "n_classes": len(set(labels.reshape(-1).tolist())), "n_models": len(records),
+        "n_components": args.n_components,
+        "precision": args.precision,
+        "dtype": args.dtype,
+        "dataset": args.dataset,
+        "source": str(args.path),
+        "n_samples": int(n),
+        "n_classes": len(set(labels.reshape(-1).tolist())),
+        "n_models": len(records),
     }
-    json_path, csv_path = ncti_io.write_results(args.out, ncti_io.results_document(records, settings))
+    json_path, csv_path = ncti_io.write_results(
+        args.out, ncti_io.results_document(records, settings)
+    )
     if not args.quiet:
         print(ncti_io.format_table(records))
-    print(f"scored in {elapsed:.2f} s (compilation included); wrote {json_path} and {csv_path}",
-          file=sys.stderr)
+    print(
+        f"scored in {elapsed:.2f} s (compilation included); wrote {json_path} and {csv_path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _truth_for(spec: str, models: Sequence[str]) -> tuple[list[str], list[float], list[float]]:
+    """Aligns ground truth with scored models; returns (names, truth) for the models kept."""
+    from pathlib import Path
+
+    from . import io as ncti_io
+    from . import ranking
+
+    published = ":" in spec and not Path(spec).exists()
+    truth = ranking.published_truth(spec) if published else ncti_io.read_truth(spec)
+    if published:
+        table = ranking.finetune_accuracy()[spec.split(":")[0]][spec.split(":")[1]]
+        unmeasured = [m for m in models if table.get(m) == 0]
+        if unmeasured:
+            warnings.warn(
+                f"{spec} has no measured accuracy for {unmeasured}; left out.",
+                UserWarning,
+                stacklevel=2,
+            )
+        models = [m for m in models if m not in unmeasured]
+    missing = [m for m in models if m not in truth]
+    if missing:
+        raise ValueError(f"ground truth {spec!r} has no accuracy for model(s) {missing}.")
+    unknown = sorted(set(truth) - set(models))
+    if unknown and not published:
+        raise ValueError(
+            f"ground truth {spec!r} names model(s) {unknown} that are not in the results."
+        )
+    return list(models), [truth[m] for m in models]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import io as ncti_io
+    from . import ranking
+
+    if args.all:
+        if ":" in args.truth:
+            raise ValueError(
+                "with --all, --truth is a group (e.g. group1); the dataset is the "
+                "name of each results subdirectory."
+            )
+        root = Path(args.results)
+        runs = sorted(p.parent for p in root.glob("*/scores.json"))
+        if not runs:
+            raise ValueError(f"{root}: no <dataset>/scores.json results found.")
+        rows = []
+        for run in runs:
+            scores = ncti_io.read_scores(run)
+            names, truth = _truth_for(f"{args.truth}:{run.name}", list(scores))
+            x = np.array([scores[m] for m in names])
+            rows.append(
+                (run.name, {k: float(f(x, np.array(truth))) for k, f in ranking.METRICS.items()})
+            )
+        keys = list(ranking.METRICS)
+        mean = {k: float(np.nanmean([r[k] for _, r in rows])) for k in keys}
+        width = max(7, *(len(n) for n, _ in rows))
+        print("dataset".ljust(width) + "".join(f"{k:>14}" for k in keys))
+        for name, r in [*rows, ("mean", mean)]:
+            print(name.ljust(width) + "".join(f"{r[k]:14.3f}" for k in keys))
+        return 0
+
+    scores = ncti_io.read_scores(args.results)
+    names, truth = _truth_for(args.truth, list(scores))
+    result = ranking.evaluate(
+        [scores[m] for m in names], truth, n_resamples=args.bootstrap, seed=args.seed
+    )
+    print(f"{len(names)} models, truth {args.truth}")
+    for key, value in result.items():
+        if not key.startswith("weighted_tau_ci"):
+            extra = ""
+            if key == "weighted_tau":
+                extra = (
+                    f"   ({args.bootstrap} bootstrap resamples, 95% interval "
+                    f"{result['weighted_tau_ci_low']:.3f} .. "
+                    f"{result['weighted_tau_ci_high']:.3f})"
+                )
+            print(f"{key:>14}  {value:7.3f}{extra}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import io as ncti_io
+    from . import plots, ranking
+
+    source = Path(args.results)
+    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent)
+    try:
+        records = ncti_io.read_results(source)["models"]
+    except ValueError:  # a plain {model: score} file: NCTI only
+        scores = ncti_io.read_scores(source)
+        records = [
+            {"model": m, "ncti": s} for m, s in sorted(scores.items(), key=lambda kv: -kv[1])
+        ]
+    written = [plots.plot_ranking(records, out / "ranking.png")]
+    if args.truth:
+        scores = {r["model"]: r["ncti"] for r in records}
+        names, truth = _truth_for(args.truth, list(scores))
+        x, y = np.array([scores[m] for m in names]), np.array(truth)
+        written.append(
+            plots.plot_vs_truth(
+                names,
+                x,
+                y,
+                float(ranking.weighted_tau(x, y)),
+                out / "ncti_vs_truth.png",
+                title=args.truth,
+            )
+        )
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

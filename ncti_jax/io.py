@@ -46,8 +46,21 @@ import numpy as np
 SCHEMA = "ncti-jax/scores/v1"
 LABELS_FILE = "labels.npy"
 _AUTHORS = re.compile(r"^(?P<model>.+)_(?P<dataset>[^_]+)_(?P<kind>feature|label)\.npy$")
-RECORD_FIELDS = ("model", "rank", "ncti", "etf", "ncc", "vc", "etf_norm", "ncc_norm", "vc_norm",
-                 "solver", "shrinkage", "n_components", "status")
+RECORD_FIELDS = (
+    "model",
+    "rank",
+    "ncti",
+    "etf",
+    "ncc",
+    "vc",
+    "etf_norm",
+    "ncc_norm",
+    "vc_norm",
+    "solver",
+    "shrinkage",
+    "n_components",
+    "status",
+)
 
 
 class FeatureStoreError(ValueError):
@@ -130,8 +143,11 @@ def load_feature_store(
 
 def _load_directory_layout(root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     labels = load_array(root / LABELS_FILE, mmap=False)
-    files = sorted(f for f in root.iterdir() if f.suffix in (".npy", ".npz")
-                   and f.name != LABELS_FILE and f.is_file())
+    files = sorted(
+        f
+        for f in root.iterdir()
+        if f.suffix in (".npy", ".npz") and f.name != LABELS_FILE and f.is_file()
+    )
     if not files:
         raise FeatureStoreError(f"{root}: holds {LABELS_FILE} but no <model>.npy feature files.")
     feats: dict[str, np.ndarray] = {}
@@ -142,7 +158,9 @@ def _load_directory_layout(root: Path) -> tuple[dict[str, np.ndarray], np.ndarra
     return feats, labels
 
 
-def _load_authors_layout(root: Path, dataset: str | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _load_authors_layout(
+    root: Path, dataset: str | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     datasets = list_datasets(root)
     if not datasets:
         raise FeatureStoreError(
@@ -151,8 +169,9 @@ def _load_authors_layout(root: Path, dataset: str | None) -> tuple[dict[str, np.
         )
     if dataset is None:
         if len(datasets) > 1:
-            raise FeatureStoreError(f"{root}: holds several datasets {datasets}; choose one with "
-                                    "--dataset.")
+            raise FeatureStoreError(
+                f"{root}: holds several datasets {datasets}; choose one with --dataset."
+            )
         dataset = datasets[0]
     elif dataset not in datasets:
         raise FeatureStoreError(f"{root}: no files for dataset {dataset!r}; found {datasets}.")
@@ -189,9 +208,13 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {
-        "ncti_jax": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-        "numpy": np.__version__, "scipy": scipy.__version__,
-        "python": platform.python_version(), "backend": jax.default_backend(),
+        "ncti_jax": __version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
     }
 
 
@@ -256,18 +279,91 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
 
 def format_table(records: list[dict[str, Any]]) -> str:
     """A plain-text ranked table of result records."""
-    head = ("rank", "model", "ncti", "etf", "ncc", "vc", "etf_n", "ncc_n", "vc_n", "solver", "status")
+    head = (
+        "rank",
+        "model",
+        "ncti",
+        "etf",
+        "ncc",
+        "vc",
+        "etf_n",
+        "ncc_n",
+        "vc_n",
+        "solver",
+        "status",
+    )
     rows = [
-        (str(r["rank"]), r["model"], f"{r['ncti']:.4f}", f"{r['etf']:.6g}", f"{r['ncc']:.6f}",
-         f"{r['vc']:.6f}", f"{r['etf_norm']:.3f}", f"{r['ncc_norm']:.3f}", f"{r['vc_norm']:.3f}",
-         r["solver"], ",".join(r["status"]) or "-")
+        (
+            str(r["rank"]),
+            r["model"],
+            f"{r['ncti']:.4f}",
+            f"{r['etf']:.6g}",
+            f"{r['ncc']:.6f}",
+            f"{r['vc']:.6f}",
+            f"{r['etf_norm']:.3f}",
+            f"{r['ncc_norm']:.3f}",
+            f"{r['vc_norm']:.3f}",
+            r["solver"],
+            ",".join(r["status"]) or "-",
+        )
         for r in records
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     right = {0, 2, 3, 4, 5, 6, 7, 8}
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def read_scores(path: str | os.PathLike) -> dict[str, float]:
+    """``{model: NCTI score}`` from a results file.
+
+    Accepts an ncti-jax ``scores.json`` (or its directory), a JSON mapping
+    ``{model: score}`` or one with such a mapping under ``"ncti"`` (e.g. published
+    scores), or a CSV with ``model`` and ``ncti`` columns.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "scores.json"
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            return {r["model"]: float(r["ncti"]) for r in rows}
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable scores file ({err!r}).") from None
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+        return {r["model"]: float(r["ncti"]) for r in doc["models"]}
+    mapping = doc.get("ncti", doc) if isinstance(doc, dict) else None
+    if not isinstance(mapping, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in mapping.values()
+    ):
+        raise ValueError(
+            f"{path}: expected an ncti-jax scores.json or a JSON {{model: score}} "
+            "mapping (optionally under 'ncti')."
+        )
+    return {str(k): float(v) for k, v in mapping.items()}
+
+
+def read_truth(path: str | os.PathLike) -> dict[str, float]:
+    """``{model: accuracy}`` from a JSON mapping (optionally under ``"accuracy"``) or a CSV
+    with ``model`` and ``accuracy`` columns."""
+    path = Path(path)
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return {r["model"]: float(r["accuracy"]) for r in csv.DictReader(f)}
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        mapping = doc.get("accuracy", doc)
+        return {str(k): float(v) for k, v in mapping.items()}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(
+            f"{path}: not a readable ground-truth file; expected a JSON "
+            f"{{model: accuracy}} or a CSV with model,accuracy columns ({err!r})."
+        ) from None

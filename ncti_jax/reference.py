@@ -174,7 +174,9 @@ def min_max(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values) if span == 0 else (values - values.min()) / span
 
 
-def score_zoo(features: Mapping[str, np.ndarray], labels, n_components: int = 64) -> ReferenceResult:
+def score_zoo(
+    features: Mapping[str, np.ndarray], labels, n_components: int = 64
+) -> ReferenceResult:
     """NCTI of a zoo given as ``{model name: (N, D_m) features}``."""
     models = tuple(features)
     comps = [model_components(features[m], labels, n_components) for m in models]
@@ -182,8 +184,15 @@ def score_zoo(features: Mapping[str, np.ndarray], labels, n_components: int = 64
     etf_n, ncc_n, vc_n = min_max(etf), min_max(ncc), min_max(vc)
     ncti = etf_n + ncc_n - vc_n
     return ReferenceResult(
-        models=models, etf=etf, ncc=ncc, vc=vc, etf_norm=etf_n, ncc_norm=ncc_n, vc_norm=vc_n,
-        ncti=ncti, ranking=np.lexsort((np.arange(len(models)), -ncti)),
+        models=models,
+        etf=etf,
+        ncc=ncc,
+        vc=vc,
+        etf_norm=etf_n,
+        ncc_norm=ncc_n,
+        vc_norm=vc_n,
+        ncti=ncti,
+        ranking=np.lexsort((np.arange(len(models)), -ncti)),
         solver=tuple(c.solver for c in comps),
         shrinkage=np.array([c.shrinkage for c in comps]),
         n_components=np.array([c.n_components for c in comps]),

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-import zoos
 from ncti_jax import cli, io, reference
+
+import zoos
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*n_components reduced:UserWarning")
 
@@ -68,6 +69,9 @@ def test_score_directory_layout(tmp_path, zoo, capsys):
     out = tmp_path / "out"
     assert cli.main(["score", str(store), "--out", str(out)]) == 0
     check_outputs(out, feats, y, capsys)
+    pytest.importorskip("matplotlib")
+    assert cli.main(["plot", str(out)]) == 0
+    assert (out / "ranking.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_score_authors_layout(tmp_path, zoo, capsys):
@@ -86,7 +90,9 @@ def test_model_subset_and_unknown_model(tmp_path, zoo, capsys):
     store = write_directory_store(tmp_path / "store", feats, y)
     names = list(feats)[1:]
     out = tmp_path / "out"
-    assert cli.main(["score", str(store), "--models", ",".join(names), "--out", str(out), "-q"]) == 0
+    assert (
+        cli.main(["score", str(store), "--models", ",".join(names), "--out", str(out), "-q"]) == 0
+    )
     doc = io.read_results(out)
     assert sorted(r["model"] for r in doc["models"]) == sorted(names)
     assert cli.main(["score", str(store), "--models", "nope", "--out", str(out)]) == 2
@@ -108,7 +114,7 @@ def test_pickled_array_is_refused(tmp_path, zoo):
     feats, y = zoo
     store = write_directory_store(tmp_path / "store", feats, y)
     np.save(store / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(io.FeatureStoreError, match="evil.npy"):
+    with pytest.raises(io.FeatureStoreError, match=r"evil\.npy"):
         io.load_feature_store(store)
 
 
@@ -161,7 +167,9 @@ def test_float64_cli(tmp_path, zoo, capsys):
     feats, y = zoo
     store = write_directory_store(tmp_path / "store", feats, y)
     try:
-        assert cli.main(["score", str(store), "--dtype", "float64", "--out", str(tmp_path / "o")]) == 0
+        assert (
+            cli.main(["score", str(store), "--dtype", "float64", "--out", str(tmp_path / "o")]) == 0
+        )
     finally:
         jax.config.update("jax_enable_x64", False)
     doc = io.read_results(tmp_path / "o")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import ncti_jax
-import zoos
 from ncti_jax import Status, reference
+
+import zoos
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*n_components reduced:UserWarning")
 
@@ -28,8 +29,9 @@ def test_labels_column_vector(zoo):
 
 def test_whole_float_labels_accepted_fractional_rejected(zoo):
     feats, y = zoo
-    np.testing.assert_array_equal(ncti_jax.score_zoo(feats, y.astype(np.float32)).ncti,
-                                  ncti_jax.score_zoo(feats, y).ncti)
+    np.testing.assert_array_equal(
+        ncti_jax.score_zoo(feats, y.astype(np.float32)).ncti, ncti_jax.score_zoo(feats, y).ncti
+    )
     bad = y.astype(np.float64)
     bad[3] = 1.5
     with pytest.raises(ValueError, match=r"not whole numbers.*1\.5 at index 3"):
@@ -67,8 +69,10 @@ def test_non_finite_features_name_model_and_count(zoo, bad_value):
 
 def test_mismatched_n_names_model(zoo):
     feats, y = zoo
-    name = list(feats)[0]
-    with pytest.raises(ValueError, match=rf"model '{name}': features have 149 samples but the labels have 150"):
+    name = next(iter(feats))
+    with pytest.raises(
+        ValueError, match=rf"model '{name}': features have 149 samples but the labels have 150"
+    ):
         ncti_jax.score_zoo(dict(feats, **{name: feats[name][:-1]}), y)
     with pytest.raises(ValueError, match="labels have 149"):
         ncti_jax.score_zoo(feats, y[:-1])
@@ -138,13 +142,19 @@ def test_one_sample_class_warns_and_is_scored(zoo):
 
 def test_gapped_labels_equal_contiguous(zoo):
     feats, y = zoo
-    np.testing.assert_allclose(ncti_jax.score_zoo(feats, np.array([3, 10, 11, 40])[y]).etf,
-                               ncti_jax.score_zoo(feats, y).etf, rtol=1e-6)
+    np.testing.assert_allclose(
+        ncti_jax.score_zoo(feats, np.array([3, 10, 11, 40])[y]).etf,
+        ncti_jax.score_zoo(feats, y).etf,
+        rtol=1e-6,
+    )
 
 
 def test_k_reduced_by_d_and_by_n(rng):
     y = zoos.labels(rng, 40, 3)
-    feats = {"narrow": zoos.model_features(rng, y, 8, 0.2), "wide": zoos.model_features(rng, y, 90, 0.2)}
+    feats = {
+        "narrow": zoos.model_features(rng, y, 8, 0.2),
+        "wide": zoos.model_features(rng, y, 90, 0.2),
+    }
     with pytest.warns(UserWarning, match=r"'narrow': n_components reduced from 64 to 8 \(D = 8\)"):
         result = ncti_jax.score_zoo(feats, y)
     assert result.n_components.tolist() == [8, 39]
@@ -174,7 +184,9 @@ def test_constant_features_are_defined(zoo, kind):
     assert result.etf[i] == 0
     assert result.ncc[i] == pytest.approx(np.sum(priors**2), rel=1e-5)
     counts = np.bincount(y)
-    assert result.vc[i] == pytest.approx(np.log(np.sum(np.sqrt(counts)) * np.linalg.norm(priors)), rel=1e-5)
+    assert result.vc[i] == pytest.approx(
+        np.log(np.sum(np.sqrt(counts)) * np.linalg.norm(priors)), rel=1e-5
+    )
     ref = reference.model_components(flat["flat"], y)
     assert (ref.etf, ref.n_components) == (0.0, 0)
     assert ref.ncc == pytest.approx(result.ncc[i], rel=1e-5)
@@ -211,8 +223,9 @@ def test_duplicate_model_names():
 
 
 def test_integer_and_bool_features(zoo):
-    feats, y = zoo
+    _, y = zoo
     rng = np.random.default_rng(1)
-    result = ncti_jax.score_zoo({"ints": rng.integers(0, 50, (150, 10)),
-                                 "bools": rng.random((150, 12)) > 0.5}, y)
+    result = ncti_jax.score_zoo(
+        {"ints": rng.integers(0, 50, (150, 10)), "bools": rng.random((150, 12)) > 0.5}, y
+    )
     assert np.isfinite(result.ncti).all()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import ncti_jax
-import zoos
 from ncti_jax import _ncti, _pad, _validate, reference
+
+import zoos
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*n_components reduced:UserWarning")
 
@@ -21,7 +22,9 @@ COMPONENTS = ("etf", "ncc", "vc")
 def assert_components_close(result, ref, rtol):
     for name in COMPONENTS:
         np.testing.assert_allclose(
-            np.asarray(getattr(result, name), np.float64), getattr(ref, name), rtol=rtol,
+            np.asarray(getattr(result, name), np.float64),
+            getattr(ref, name),
+            rtol=rtol,
             err_msg=f"component {name}",
         )
 
@@ -98,7 +101,7 @@ def test_rotating_one_model(small_zoo, rng):
 
 def test_extra_zero_columns(small_zoo):
     feats, y = small_zoo
-    name = list(feats)[0]
+    name = next(iter(feats))
     padded = dict(feats, **{name: np.pad(feats[name], ((0, 0), (0, 17)))})
     assert_same_scores(ncti_jax.score_zoo(feats, y), ncti_jax.score_zoo(padded, y))
 
@@ -121,8 +124,9 @@ def test_vmap_equals_python_loop(small_zoo):
     kvalid = jnp.asarray([min(k, a.shape[1]) for a in arrays], jnp.int32)
     batched = _ncti.zoo_components(x, kvalid, layout, k=k, precision="highest", platform="cpu")
     for i in range(len(arrays)):
-        single = _ncti.zoo_components(x[i:i + 1], kvalid[i:i + 1], layout, k=k,
-                                      precision="highest", platform="cpu")
+        single = _ncti.zoo_components(
+            x[i : i + 1], kvalid[i : i + 1], layout, k=k, precision="highest", platform="cpu"
+        )
         np.testing.assert_allclose(batched.components[i], single.components[0], rtol=1e-5)
         assert int(batched.pca_rank[i]) == int(single.pca_rank[0])
 
@@ -165,7 +169,7 @@ def test_result_records_and_normalisation(small_zoo):
     assert [r["rank"] for r in records] == [1, 2, 3]
     assert [r["ncti"] for r in records] == sorted((r["ncti"] for r in records), reverse=True)
     assert records[0]["model"] == result.best()
-    etf_n, ncc_n, vc_n, score = ncti_jax.normalise_zoo(result.etf, result.ncc, result.vc)
+    etf_n, _, _, score = ncti_jax.normalise_zoo(result.etf, result.ncc, result.vc)
     np.testing.assert_allclose(score, result.ncti, rtol=1e-12)
     for r in records:
         assert r["ncti"] == pytest.approx(r["etf_norm"] + r["ncc_norm"] - r["vc_norm"])

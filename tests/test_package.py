@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 import ncti_jax
 
@@ -13,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_public_api():
-    assert set(ncti_jax.__all__) == {"NCTIResult", "Status", "__version__", "normalise_zoo",
-                                     "score_zoo"}
+    assert set(ncti_jax.__all__) == {
+        "NCTIResult",
+        "Status",
+        "__version__",
+        "normalise_zoo",
+        "score_zoo",
+    }
     assert isinstance(ncti_jax.__version__, str)
 
 
@@ -36,6 +42,11 @@ def test_core_dependencies_are_light():
 
 
 def test_cli_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "ncti_jax.cli", "--version"], check=True,
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "ncti_jax.cli", "--version"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.stdout.startswith("ncti-jax ")

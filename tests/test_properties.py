@@ -25,8 +25,21 @@ def zoo_inputs(draw):
     n_models = draw(st.integers(1, 3))
     feats = {}
     for m in range(n_models):
-        kind = draw(st.sampled_from(["normal", "relu", "zeros", "constant", "duplicate_rows",
-                                     "huge", "tiny", "integer", "one_column"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "normal",
+                    "relu",
+                    "zeros",
+                    "constant",
+                    "duplicate_rows",
+                    "huge",
+                    "tiny",
+                    "integer",
+                    "one_column",
+                ]
+            )
+        )
         if kind == "normal":
             x = rng.normal(size=(n, d)) + y[:, None]
         elif kind == "relu":

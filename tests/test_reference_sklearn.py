@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import zoos
 from ncti_jax import reference
+
+import zoos
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.decomposition import PCA  # noqa: E402

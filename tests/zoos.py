@@ -41,6 +41,8 @@ def zoo(
     y = labels(rng, n, n_classes)
     if collapse is None:
         collapse = tuple(np.geomspace(0.01, 0.25, len(dims)))
-    feats = {f"model_{i}_d{d}": model_features(rng, y, d, c)
-             for i, (d, c) in enumerate(zip(dims, collapse, strict=True))}
+    feats = {
+        f"model_{i}_d{d}": model_features(rng, y, d, c)
+        for i, (d, c) in enumerate(zip(dims, collapse, strict=True))
+    }
     return feats, y

@@ -1,0 +1,84 @@
+"""Plots of a ranking (matplotlib, the optional ``plot`` extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'ncti-jax[plot]'") from None
+    return plt
+
+
+def plot_ranking(
+    records: list[dict[str, Any]], path: str | os.PathLike, *, title: str = ""
+) -> Path:
+    """Bar chart of NCTI per model, best first, with its normalised components stacked.
+
+    ``etf_norm`` and ``ncc_norm`` stack upwards, ``-vc_norm`` downwards; a black
+    marker shows the NCTI score (their sum).
+    """
+    plt = _pyplot()
+    names = [r["model"] for r in records]
+    pos = np.arange(len(records))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(records) + 2), 4.5))
+    if all("etf_norm" in r for r in records):
+        etf = np.array([r["etf_norm"] for r in records])
+        ncc = np.array([r["ncc_norm"] for r in records])
+        vc = np.array([r["vc_norm"] for r in records])
+        ax.bar(pos, etf, color="#4c72b0", label="etf (normalised)")
+        ax.bar(pos, ncc, bottom=etf, color="#55a868", label="ncc (normalised)")
+        ax.bar(pos, -vc, color="#c44e52", label="-vc (normalised)")
+        ax.scatter(pos, [r["ncti"] for r in records], color="black", zorder=3, label="NCTI")
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.bar(pos, [r["ncti"] for r in records], color="#4c72b0")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(pos, names, rotation=40, ha="right")
+    ax.set_ylabel("NCTI")
+    ax.set_title(title or "NCTI ranking (best first)")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_vs_truth(
+    names: list[str],
+    scores: np.ndarray,
+    truth: np.ndarray,
+    wtau: float,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> Path:
+    """NCTI against fine-tune accuracy, one labelled point per model, wtau in the title."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.scatter(scores, truth, color="#4c72b0")
+    for name, s, t in zip(names, scores, truth, strict=True):
+        ax.annotate(name, (s, t), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    ax.set_xlabel("NCTI")
+    ax.set_ylabel("fine-tune accuracy")
+    ax.set_title(f"{title + ': ' if title else ''}weighted Kendall tau = {wtau:.3f}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
