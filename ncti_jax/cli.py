@@ -15,6 +15,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -103,6 +105,73 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--truth", help=truth_help)
     plot.add_argument("--out", help="directory for the PNGs (default: next to the results)")
     plot.set_defaults(func=_plot)
+
+    for name, helptext in (
+        ("extract", "extract penultimate features of a torchvision zoo into a feature store"),
+        ("rank", "extract features and score the zoo in one go (the paper's experiment)"),
+    ):
+        p = sub.add_parser(name, help=helptext, description=helptext + ". Needs the torch extra.")
+        p.add_argument(
+            "--zoo",
+            default="group1",
+            help="'group1' (the paper's supervised zoo), "
+            "a zoo .toml file, or comma-separated torchvision architectures "
+            "(default: %(default)s)",
+        )
+        p.add_argument(
+            "--weights",
+            default="DEFAULT",
+            help="torchvision weights for the zoo's "
+            "models: DEFAULT, an enum name such as IMAGENET1K_V1, or 'none' for "
+            "random initialisation (default: %(default)s)",
+        )
+        p.add_argument(
+            "--dataset",
+            default="cifar10",
+            help="a target dataset name (cifar10, "
+            "cifar100, aircraft, caltech101, cars, dtd, flowers, food, pets, sun397, "
+            "voc2007), 'imagefolder', or an ImageFolder path (default: %(default)s)",
+        )
+        p.add_argument("--data-root", help="where the dataset lives (the folder, for imagefolder)")
+        p.add_argument(
+            "--download",
+            action="store_true",
+            help="let torchvision download the dataset (needs network access)",
+        )
+        p.add_argument("--samples-per-class", type=int, help="subsample each class (seeded)")
+        p.add_argument("--seed", type=int, default=0, help="subsampling seed (default: 0)")
+        p.add_argument(
+            "--preprocess",
+            choices=("paper", "native"),
+            default="paper",
+            help="'paper': resize to --image-size, ImageNet mean/std; 'native': each "
+            "weights' own transforms (default: %(default)s)",
+        )
+        p.add_argument(
+            "--image-size",
+            type=int,
+            default=224,
+            help="input size for 'paper' preprocessing (default: %(default)s)",
+        )
+        p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+        p.add_argument("--workers", type=int, default=2, help="data loader workers (default: 2)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+        p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "extract":
+            p.add_argument("--out", required=True, help="feature store directory (resumable)")
+            p.set_defaults(func=_extract)
+        else:
+            p.add_argument("--store", help="also write the features to this feature store")
+            p.add_argument(
+                "--out",
+                default="ncti-results",
+                help="directory for scores.json and scores.csv (default: %(default)s)",
+            )
+            p.add_argument("--n-components", type=int, default=64)
+            p.add_argument("--precision", choices=("highest", "high", "default"), default="highest")
+            p.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
+            p.set_defaults(func=_rank)
     return parser
 
 
@@ -269,6 +338,113 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_and_data(args: argparse.Namespace):
+    try:
+        from bridges import datasets, models
+    except ImportError as err:
+        raise ValueError(
+            f"'ncti {args.command}' needs torch and torchvision: "
+            f"pip install 'ncti-jax[torch]' ({err})."
+        ) from None
+    weights = None if args.weights.lower() == "none" else args.weights
+    specs = models.resolve_zoo(args.zoo, weights=weights)
+    ds = datasets.load_dataset(args.dataset, args.data_root, download=args.download)
+    if args.samples_per_class:
+        ds = datasets.subsample_per_class(ds, args.samples_per_class, seed=args.seed)
+    return specs, ds
+
+
+def _extract_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "num_workers": args.workers,
+        "bf16": args.bf16,
+        "progress": not args.no_progress,
+    }
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from bridges import extract
+
+    specs, ds = _zoo_and_data(args)
+    done, result = extract.extract_to_store(
+        specs,
+        ds,
+        args.out,
+        dataset_name=args.dataset,
+        preprocess=args.preprocess,
+        image_size=args.image_size,
+        **_extract_kwargs(args),
+    )
+    skipped = [s.name for s in specs if s.name not in done]
+    if skipped:
+        print(f"already stored, skipped: {', '.join(skipped)}", file=sys.stderr)
+    if result is not None:
+        print(
+            f"extracted {len(done)} models on {len(result.labels)} images in "
+            f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s for the whole "
+            f"zoo, {result.device}) into {args.out}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from bridges import dlpack, extract
+
+    from . import io as ncti_io
+    from ._ncti import score_zoo
+
+    specs, ds = _zoo_and_data(args)
+    if args.store:
+        extract.extract_to_store(
+            specs,
+            ds,
+            args.store,
+            dataset_name=args.dataset,
+            preprocess=args.preprocess,
+            image_size=args.image_size,
+            **_extract_kwargs(args),
+        )
+        feats, labels = ncti_io.load_feature_store(args.store, models=[s.name for s in specs])
+        seconds = float("nan")
+    else:
+        models = {s.name: extract.load_model(s) for s in specs}
+        transforms = {
+            s.name: extract.transform_for(s, args.preprocess, args.image_size) for s in specs
+        }
+        result = extract.extract_features(models, ds, transforms, **_extract_kwargs(args))
+        feats = {name: dlpack.to_jax(t) for name, t in result.features.items()}
+        labels, seconds = result.labels, result.seconds
+    start = time.perf_counter()
+    scored = score_zoo(feats, labels, n_components=args.n_components, precision=args.precision)
+    score_seconds = time.perf_counter() - start
+    records = scored.to_records()
+    settings = {
+        "n_components": args.n_components,
+        "precision": args.precision,
+        "dtype": "float32",
+        "dataset": args.dataset,
+        "source": f"zoo {args.zoo}, weights {args.weights}",
+        "n_samples": len(labels),
+        "n_classes": len(set(np.asarray(labels).tolist())),
+        "n_models": len(records),
+        "preprocess": args.preprocess,
+    }
+    json_path, csv_path = ncti_io.write_results(
+        args.out, ncti_io.results_document(records, settings)
+    )
+    if not args.quiet:
+        print(ncti_io.format_table(records))
+    print(
+        f"extraction {seconds:.1f} s, scoring {score_seconds:.2f} s (compilation included); "
+        f"wrote {json_path} and {csv_path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -279,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         return args.func(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"ncti {args.command}: error: {err}", file=sys.stderr)
         return 2
 
