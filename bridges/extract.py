@@ -169,7 +169,7 @@ def _fits(dev: torch.device, n: int, d: int, n_models: int) -> bool:
     return 4 * n * d * n_models < free // 2
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, *, unit: str = "img", desc: str = "extracting"):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with the torch extra
@@ -184,7 +184,7 @@ def _progress(total: int, enabled: bool):
                 pass
 
         return _Null()
-    return tqdm(total=total, unit="img", unit_scale=True, desc="extracting", smoothing=0.1)
+    return tqdm(total=total, unit=unit, unit_scale=unit == "img", desc=desc, smoothing=0.1)
 
 
 # ---- feature stores --------------------------------------------------------------------
