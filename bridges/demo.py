@@ -259,6 +259,11 @@ def run_demo(
     start = time.perf_counter()
     result = ncti_jax.score_zoo(handoff, feats.labels, n_components=k)
     score_s = time.perf_counter() - start
+    start = (
+        time.perf_counter()
+    )  # the same call again: compiled, as for every later zoo of this shape
+    ncti_jax.score_zoo(handoff, feats.labels, n_components=k)
+    score_warm_s = time.perf_counter() - start
 
     records = result.to_records()
     for r in records:
@@ -279,6 +284,7 @@ def run_demo(
             "finetune": finetune_s,
             "extract": extract_s,
             "score": score_s,
+            "score_compiled": score_warm_s,
             "total": time.perf_counter() - start_total,
         },
     }
@@ -303,8 +309,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"weighted Kendall tau (NCTI vs fine-tune accuracy): {report['weighted_tau']:.3f}",
         f"top-1 relative accuracy of NCTI's pick: {report['top1_rel_acc']:.3f}",
         f"fine-tuning the zoo: {s['finetune']:.1f} s; NCTI: {s['extract'] + s['score']:.2f} s "
-        f"(extraction {s['extract']:.2f} s, scoring {s['score']:.2f} s, compilation included): "
-        f"fine-tuning / NCTI time: {s['finetune'] / (s['extract'] + s['score']):.1f}x",
+        f"(extraction {s['extract']:.2f} s, scoring {s['score']:.2f} s with compilation, "
+        f"{s['score_compiled']:.3f} s compiled): fine-tuning / NCTI time "
+        f"{s['finetune'] / (s['extract'] + s['score']):.1f}x, "
+        f"{s['finetune'] / (s['extract'] + s['score_compiled']):.0f}x once compiled",
     ]
     return "\n".join(lines)
 

@@ -215,8 +215,8 @@ def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.nda
     Example:
       >>> import ncti_jax
       >>> *_, score = ncti_jax.normalise_zoo([1.0, 3.0], [0.5, 0.9], [2.0, 1.0])
-      >>> score.tolist()
-      [0.0, 3.0]
+      >>> score.tolist()  # etf and ncc best for the second model, vc best for it too
+      [-1.0, 2.0]
     """
     raw = np.stack(
         [np.asarray(jax.device_get(v), np.float64).reshape(-1) for v in (etf, ncc, vc)], axis=1

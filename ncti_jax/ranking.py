@@ -18,7 +18,7 @@ hundreds of models are exact, simple and fast in NumPy.
 Example:
   >>> from ncti_jax import ranking
   >>> round(float(ranking.weighted_tau([3.0, 2.0, 1.0], [90.0, 95.0, 80.0])), 4)
-  0.2
+  0.1818
 """
 
 from __future__ import annotations
