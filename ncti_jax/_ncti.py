@@ -178,7 +178,7 @@ def model_components(
     return jnp.stack([etf, ncc, vc]), pca_rank, shrinkage, use_eigen
 
 
-@functools.partial(jax.jit, static_argnames=("k", "precision", "platform"))
+@functools.partial(jax.jit, static_argnames=("k", "precision", "platform", "loop_models"))
 def zoo_components(
     x: jax.Array,
     n_valid_components: jax.Array,
@@ -187,17 +187,25 @@ def zoo_components(
     k: int,
     precision: str,
     platform: str,
+    loop_models: bool = False,
 ) -> RawComponents:
-    """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D).
+    """:func:`model_components` over the model axis of ``x`` (M, N, D).
 
     ``platform`` is the backend ``x`` lives on: the linear algebra is traced for
-    it (see :mod:`ncti_jax._linalg`).
+    it (see :mod:`ncti_jax._linalg`). The kernel is vmapped over the models, or,
+    with ``loop_models``, mapped one model at a time (``lax.map``): on a CPU,
+    where every large op already uses all cores, that computes the same thing
+    with the temporaries of one model instead of M.
     """
+    kernel = functools.partial(model_components, k=k)
     with jax.default_matmul_precision(precision), target_platform(platform):
-        comps, rank, shrinkage, eigen = jax.vmap(
-            functools.partial(model_components, k=k), in_axes=(0, 0, None)
-        )(x, n_valid_components, layout)
-    return RawComponents(comps, rank, shrinkage, eigen)
+        if loop_models:
+            outs = jax.lax.map(
+                lambda args: kernel(args[0], args[1], layout), (x, n_valid_components)
+            )
+        else:
+            outs = jax.vmap(kernel, in_axes=(0, 0, None))(x, n_valid_components, layout)
+    return RawComponents(*outs)
 
 
 def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.ndarray, ...]:
@@ -276,6 +284,7 @@ def score_zoo(
 
     k = max(k_eff.values())
     x = stack_zoo(arrays, dt)
+    platform = next(iter(x.devices())).platform
     layout = class_layout(lab, dt)
     raw = zoo_components(
         x,
@@ -283,7 +292,8 @@ def score_zoo(
         layout,
         k=k,
         precision=precision,
-        platform=next(iter(x.devices())).platform,
+        platform=platform,
+        loop_models=platform == "cpu",
     )
     return _finish(model_names, raw, k_eff, k_req, lab)
 

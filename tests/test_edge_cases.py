@@ -161,11 +161,15 @@ def test_k_reduced_by_d_and_by_n(rng):
     assert all(s & Status.K_REDUCED for s in result.status)
     ref = reference.score_zoo(feats, y)
     np.testing.assert_array_equal(ref.n_components, [8, 39])
-    # With N - 1 <= k the within-class scatter is singular (rank N - C): the svd
-    # solver cuts its spectrum at an absolute tolerance, where float32 rounding
-    # moves etf by about 1e-4. The parity bound is looser here for that reason.
+    # With N - 1 <= k the within-class scatter is singular (rank N - C = 37 of 39
+    # directions): LDA divides by singular values near the solver's cut-off, and
+    # float32 rounding moves etf by up to a few 1e-3 (seen: 2.4e-3). Parity is
+    # therefore checked in float64, where the engine and the reference agree.
+    with jax.enable_x64(True):
+        exact = ncti_jax.score_zoo(feats, y, dtype="float64")
     for name in ("etf", "ncc", "vc"):
-        np.testing.assert_allclose(getattr(result, name), getattr(ref, name), rtol=1e-3)
+        np.testing.assert_allclose(getattr(exact, name), getattr(ref, name), rtol=1e-7)
+        np.testing.assert_allclose(getattr(result, name)[0], getattr(ref, name)[0], rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["zeros", "constant"])
