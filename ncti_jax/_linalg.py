@@ -108,3 +108,31 @@ def top_eigh(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
         return evals.astype(dtype), evecs.astype(dtype)
 
     return jax.pure_callback(host, out, g, vmap_method="sequential")
+
+
+def covariance_top_eigh(xc: jax.Array, n_cols: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """The ``k`` largest eigenpairs of ``xc.T @ xc``, eigenvalues decreasing.
+
+    ``xc`` (N, D) is centred and zero beyond its first ``n_cols`` columns (padding).
+    On CPU, for float32, the covariance of the real columns is formed by the
+    host BLAS (XLA:CPU's dot reached 45% of OpenBLAS's sgemm rate on the 2-core
+    machine this was measured on: 3.9 s against 1.5 s for N = 50000, D = 2048)
+    and solved in float64 as in :func:`top_eigh`; padded columns cost nothing.
+    Elsewhere, and in float64, the Gram is an XLA matmul.
+    """
+    if not _ON_CPU.get() or xc.dtype == jnp.float64:
+        return top_eigh(xc.T @ xc, k)
+    d = xc.shape[1]
+    dtype = np.dtype(xc.dtype)
+    out = (jax.ShapeDtypeStruct((k,), xc.dtype), jax.ShapeDtypeStruct((d, k), xc.dtype))
+
+    def host(a, cols):
+        m = int(cols)
+        real = np.asarray(a)[:, :m]
+        evals, evecs = _host_top_eigh(real.T @ real, min(k, m))
+        w, v = np.zeros(k, dtype), np.zeros((d, k), dtype)
+        w[: evals.shape[0]] = evals
+        v[:m, : evecs.shape[1]] = evecs
+        return w, v
+
+    return jax.pure_callback(host, out, xc, n_cols, vmap_method="sequential")

@@ -141,13 +141,14 @@ class NCTIResult:
 
 
 def model_components(
-    x: jax.Array, n_valid_components: jax.Array, layout: ClassLayout, *, k: int
+    x: jax.Array, n_valid_components: jax.Array, n_cols: jax.Array, layout: ClassLayout, *, k: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """NCTI's three raw components for one model.
 
     Args:
       x: (N, D) features, zero-padded columns allowed.
       n_valid_components: scalar ``min(k, N - 1, D_model)``.
+      n_cols: scalar ``D_model``, the columns of ``x`` that are not padding.
       layout: the labels' device arrays.
       k: static output width of the PCA.
 
@@ -156,7 +157,7 @@ def model_components(
       solver was selected.
     """
     c = layout.counts.shape[0]
-    z, variances, mask = pca_project(x, n_valid_components, k)
+    z, variances, mask = pca_project(x, n_valid_components, n_cols, k)
     shrinkage = jnp.maximum(jnp.exp(-jnp.sum(variances[:SHRINKAGE_TOP])), SHRINKAGE_FLOOR)
     # Compare with the floor as rounded to this dtype, as the authors' code does in float64.
     use_eigen = shrinkage > jnp.asarray(SHRINKAGE_FLOOR, x.dtype)
@@ -178,33 +179,25 @@ def model_components(
     return jnp.stack([etf, ncc, vc]), pca_rank, shrinkage, use_eigen
 
 
-@functools.partial(jax.jit, static_argnames=("k", "precision", "platform", "loop_models"))
+@functools.partial(jax.jit, static_argnames=("k", "precision", "platform"))
 def zoo_components(
     x: jax.Array,
     n_valid_components: jax.Array,
+    n_cols: jax.Array,
     layout: ClassLayout,
     *,
     k: int,
     precision: str,
     platform: str,
-    loop_models: bool = False,
 ) -> RawComponents:
-    """:func:`model_components` over the model axis of ``x`` (M, N, D).
+    """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D).
 
     ``platform`` is the backend ``x`` lives on: the linear algebra is traced for
-    it (see :mod:`ncti_jax._linalg`). The kernel is vmapped over the models, or,
-    with ``loop_models``, mapped one model at a time (``lax.map``): on a CPU,
-    where every large op already uses all cores, that computes the same thing
-    with the temporaries of one model instead of M.
+    it (see :mod:`ncti_jax._linalg`).
     """
     kernel = functools.partial(model_components, k=k)
     with jax.default_matmul_precision(precision), target_platform(platform):
-        if loop_models:
-            outs = jax.lax.map(
-                lambda args: kernel(args[0], args[1], layout), (x, n_valid_components)
-            )
-        else:
-            outs = jax.vmap(kernel, in_axes=(0, 0, None))(x, n_valid_components, layout)
+        outs = jax.vmap(kernel, in_axes=(0, 0, 0, None))(x, n_valid_components, n_cols, layout)
     return RawComponents(*outs)
 
 
@@ -243,6 +236,7 @@ def score_zoo(
     precision: str | jax.lax.Precision = "highest",
     dtype: Any = None,
     names: Any = None,
+    progress: bool = False,
 ) -> NCTIResult:
     """Scores a zoo of models with NCTI, all models in one compiled call.
 
@@ -256,6 +250,8 @@ def score_zoo(
         ``"high"`` (TF32 / bf16x3 on accelerators) or ``"default"``.
       dtype: computation dtype, float32 (default) or float64 (needs x64 enabled).
       names: model names for a stacked array.
+      progress: show a progress bar over the models (needs tqdm; CPU runs score
+        one model at a time).
 
     Returns:
       An :class:`NCTIResult`.
@@ -283,19 +279,47 @@ def score_zoo(
     _validate.warn_singleton_classes(lab)
 
     k = max(k_eff.values())
-    x = stack_zoo(arrays, dt)
-    platform = next(iter(x.devices())).platform
+    d_max = max(dims.values())
+    platform = _platform(arrays)
     layout = class_layout(lab, dt)
-    raw = zoo_components(
-        x,
-        jnp.asarray([k_eff[m] for m in model_names], jnp.int32),
-        layout,
-        k=k,
-        precision=precision,
-        platform=platform,
-        loop_models=platform == "cpu",
-    )
+    opts = {"k": k, "precision": precision, "platform": platform}
+    # On a CPU every large op already uses all cores: scoring one model at a time
+    # (zero-padded to one shape, so one compilation) costs the same time and holds
+    # one model's temporaries instead of the whole zoo's. Elsewhere the zoo is one
+    # vmapped call.
+    chunk = 1 if platform == "cpu" else len(arrays)
+    parts = []
+    for start in _progress(range(0, len(arrays), chunk), progress and chunk == 1, len(arrays)):
+        names = model_names[start : start + chunk]
+        parts.append(
+            zoo_components(
+                stack_zoo(arrays[start : start + chunk], dt, d_max=d_max),
+                jnp.asarray([k_eff[m] for m in names], jnp.int32),
+                jnp.asarray([dims[m] for m in names], jnp.int32),
+                layout,
+                **opts,
+            )
+        )
+    raw = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
     return _finish(model_names, raw, k_eff, k_req, lab)
+
+
+def _platform(arrays) -> str:
+    """The backend the zoo will be scored on: that of device arrays, else the default."""
+    for a in arrays:
+        if isinstance(a, jax.Array):
+            return next(iter(a.devices())).platform
+    return jax.default_backend()
+
+
+def _progress(iterable, enabled: bool, total: int):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, unit="model", desc="scoring")
 
 
 def _finish(

@@ -19,13 +19,15 @@ import numpy as np
 from ._validate import Labels
 
 
-def stack_zoo(arrays: Sequence[Any], dtype: np.dtype) -> jax.Array:
-    """Stacks per-model (N, D_m) features into (M, N, D_max), zero-padded, in ``dtype``.
+def stack_zoo(arrays: Sequence[Any], dtype: np.dtype, *, d_max: int | None = None) -> jax.Array:
+    """Stacks per-model (N, D_m) features into (M, N, d_max), zero-padded, in ``dtype``.
+
+    ``d_max`` defaults to the widest of ``arrays``.
 
     Host arrays (including memory-mapped files) are copied once into one host
     buffer and transferred once; device arrays stay on their device.
     """
-    d_max = max(int(x.shape[1]) for x in arrays)
+    d_max = d_max or max(int(x.shape[1]) for x in arrays)
     n = int(arrays[0].shape[0])
     if all(isinstance(x, jax.Array) for x in arrays):
         padded = [jnp.pad(x.astype(dtype), ((0, 0), (0, d_max - x.shape[1]))) for x in arrays]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._linalg import top_eigh
+from ._linalg import covariance_top_eigh, top_eigh
 
 
 def pca_project(
-    x: jax.Array, n_valid_components: jax.Array, k: int
+    x: jax.Array, n_valid_components: jax.Array, n_cols: jax.Array, k: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Projects centred features on their top-``k`` principal directions.
 
@@ -20,6 +20,7 @@ def pca_project(
     Args:
       x: (N, D) features; padded columns are zero.
       n_valid_components: scalar, ``min(k, N - 1, D_model)`` for this model.
+      n_cols: scalar, ``D_model``: the columns of ``x`` that are not padding.
       k: static number of output columns (the zoo-wide maximum).
 
     Returns:
@@ -34,7 +35,7 @@ def pca_project(
     mean = jnp.mean(x, axis=0)
     xc = x - mean
     if n >= d:
-        evals, evecs = top_eigh(xc.T @ xc, k)
+        evals, evecs = covariance_top_eigh(xc, n_cols, k)
         z = xc @ evecs
     else:
         evals, evecs = top_eigh(xc @ xc.T, k)

@@ -214,7 +214,12 @@ def _score(args: argparse.Namespace) -> int:
     print(f"scoring {len(feats)} models on {n} samples from {args.path} ...", file=sys.stderr)
     start = time.perf_counter()
     result = score_zoo(
-        feats, labels, n_components=args.n_components, precision=args.precision, dtype=args.dtype
+        feats,
+        labels,
+        n_components=args.n_components,
+        precision=args.precision,
+        dtype=args.dtype,
+        progress=not args.quiet,
     )
     elapsed = time.perf_counter() - start
     records = result.to_records()
