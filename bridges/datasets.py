@@ -126,6 +126,16 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
     return VOCLargestObject(ds) if name == "voc2007" else ds
 
 
+def split_of(name: str) -> str:
+    """The split a dataset name reads (what the feature store records)."""
+    if name not in DATASETS:
+        return "all images of the folder"
+    kwargs = DATASETS[name].split_kwargs
+    if name == "voc2007":
+        return "trainval"
+    return str(kwargs.get("split", "train" if kwargs.get("train") else "all"))
+
+
 def dataset_labels(ds: Dataset) -> np.ndarray:
     """Labels of every sample, without decoding images where the dataset allows it."""
     base, indices = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, None)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ncti_jax.io import atomic_open, atomic_write_text
 
-from .datasets import dataset_labels
+from .datasets import dataset_labels, split_of
 from .models import ModelSpec, load_model, native_transform, paper_transform
 
 META_FILE = "meta.json"
@@ -254,6 +254,7 @@ def extract_to_store(
             )
     settings = {
         "dataset": dataset_name,
+        "split": split_of(dataset_name),
         "preprocess": preprocess,
         "image_size": image_size,
         "n_samples": len(labels),

@@ -185,6 +185,8 @@ def test_store_resume_recomputes_nothing_and_loses_nothing(image_folder, tmp_pat
     meta = json.loads((store / "meta.json").read_text())
     assert sorted(meta["models"]) == ["a", "b", "c"]
     assert meta["models"]["c"]["dim"] == 512 and meta["models"]["c"]["torch"] == torch.__version__
+    assert meta["models"]["c"]["split"] == "all images of the folder"
+    assert {"weights", "dataset", "preprocess", "torchvision", "date"} <= set(meta["models"]["c"])
     feats, labels = io.load_feature_store(store)
     assert sorted(feats) == ["a", "b", "c"] and labels.shape == (24,)
 
