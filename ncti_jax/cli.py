@@ -391,19 +391,24 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
-def _extract(args: argparse.Namespace) -> int:
+def _extract_to_store(args: argparse.Namespace, specs, ds, store: str):
     from bridges import extract
 
-    specs, ds = _zoo_and_data(args)
-    done, result = extract.extract_to_store(
+    return extract.extract_to_store(
         specs,
         ds,
-        args.out,
+        store,
         dataset_name=args.dataset,
         preprocess=args.preprocess,
         image_size=args.image_size,
         **_extract_kwargs(args),
     )
+
+
+def _extract(args: argparse.Namespace) -> int:
+
+    specs, ds = _zoo_and_data(args)
+    done, result = _extract_to_store(args, specs, ds, args.out)
     skipped = [s.name for s in specs if s.name not in done]
     if skipped:
         print(f"already stored, skipped: {', '.join(skipped)}", file=sys.stderr)
@@ -425,15 +430,7 @@ def _rank(args: argparse.Namespace) -> int:
 
     specs, ds = _zoo_and_data(args)
     if args.store:
-        extract.extract_to_store(
-            specs,
-            ds,
-            args.store,
-            dataset_name=args.dataset,
-            preprocess=args.preprocess,
-            image_size=args.image_size,
-            **_extract_kwargs(args),
-        )
+        _extract_to_store(args, specs, ds, args.store)
         feats, labels = ncti_io.load_feature_store(args.store, models=[s.name for s in specs])
         seconds = float("nan")
     else:

@@ -39,6 +39,19 @@ def spec(arch, name=None):
     return models.ModelSpec(name or arch, arch, weights=None)
 
 
+def to_store(specs_, ds, store):
+    return extract.extract_to_store(
+        specs_,
+        ds,
+        store,
+        dataset_name="toy",
+        image_size=SIZE,
+        batch_size=5,
+        device="cpu",
+        progress=False,
+    )
+
+
 def run(specs_, ds, **kw):
     zoo = {s.name: models.load_model(s) for s in specs_}
     transforms = {s.name: extract.transform_for(s, "paper", SIZE) for s in specs_}
@@ -129,16 +142,7 @@ def test_store_resume_recomputes_nothing_and_loses_nothing(image_folder, tmp_pat
     ds = datasets.load_dataset(str(image_folder))
     store = tmp_path / "store"
     a, b, c = spec("resnet18", "a"), spec("mobilenet_v3_small", "b"), spec("resnet18", "c")
-    done, _ = extract.extract_to_store(
-        [a, b],
-        ds,
-        store,
-        dataset_name="toy",
-        image_size=SIZE,
-        batch_size=5,
-        device="cpu",
-        progress=False,
-    )
+    done, _ = to_store([a, b], ds, store)
     assert done == ["a", "b"]
     before = {n: (store / f"{n}.npy").read_bytes() for n in ("a", "b")}
 
@@ -154,32 +158,14 @@ def test_store_resume_recomputes_nothing_and_loses_nothing(image_folder, tmp_pat
     broken = Broken()
     broken.targets = ds.targets
     with pytest.raises(KeyboardInterrupt):
-        extract.extract_to_store(
-            [a, b, c],
-            broken,
-            store,
-            dataset_name="toy",
-            image_size=SIZE,
-            batch_size=5,
-            device="cpu",
-            progress=False,
-        )
+        to_store([a, b, c], broken, store)
     assert sorted(p.name for p in store.iterdir()) == ["a.npy", "b.npy", "labels.npy", "meta.json"]
     assert {n: (store / f"{n}.npy").read_bytes() for n in ("a", "b")} == before
 
     loaded = []
     real = extract.load_model
     monkeypatch.setattr(extract, "load_model", lambda s: loaded.append(s.name) or real(s))
-    done, _ = extract.extract_to_store(
-        [a, b, c],
-        ds,
-        store,
-        dataset_name="toy",
-        image_size=SIZE,
-        batch_size=5,
-        device="cpu",
-        progress=False,
-    )
+    done, _ = to_store([a, b, c], ds, store)
     assert done == ["c"] and loaded == ["c"]
     assert {n: (store / f"{n}.npy").read_bytes() for n in ("a", "b")} == before
     meta = json.loads((store / "meta.json").read_text())
