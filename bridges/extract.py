@@ -279,7 +279,7 @@ def extract_to_store(
             "dim": int(result.features[s.name].shape[1]),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         _atomic_json(store / META_FILE, meta)
     return [s.name for s in todo], result

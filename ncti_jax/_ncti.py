@@ -39,11 +39,7 @@ class Status(enum.IntFlag):
     NON_FINITE = 32  # a raw component came out NaN or infinite; the score is NaN
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["components", "pca_rank", "shrinkage", "eigen_solver"],
-    meta_fields=[],
-)
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class RawComponents:
     """Per-model outputs of the compiled kernel; every field has shape (M,) or (M, 3)."""
@@ -54,24 +50,7 @@ class RawComponents:
     eigen_solver: jax.Array  # (M,) True where the eigen (shrinkage) solver was used
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=[
-        "etf",
-        "ncc",
-        "vc",
-        "etf_norm",
-        "ncc_norm",
-        "vc_norm",
-        "ncti",
-        "ranking",
-        "solver",
-        "shrinkage",
-        "n_components",
-        "status",
-    ],
-    meta_fields=["models"],
-)
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class NCTIResult:
     """NCTI of a zoo: host (NumPy) arrays of shape (M,), in the order of ``models``.
@@ -98,7 +77,7 @@ class NCTIResult:
       status: bit flags, see :class:`Status`.
     """
 
-    models: tuple[str, ...]
+    models: tuple[str, ...] = dataclasses.field(metadata={"static": True})
     etf: np.ndarray
     ncc: np.ndarray
     vc: np.ndarray

@@ -8,7 +8,6 @@ the per-model component count.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,11 +40,7 @@ def stack_zoo(arrays: Sequence[Any], dtype: np.dtype, *, d_max: int | None = Non
     return jnp.asarray(out)
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["codes", "counts", "block_index", "block_mask"],
-    meta_fields=[],
-)
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ClassLayout:
     """Device-side label arrays shared by every model.

@@ -223,7 +223,7 @@ def results_document(records: list[dict[str, Any]], settings: dict[str, Any]) ->
     """The JSON document of :data:`SCHEMA` for ``records`` (best first)."""
     return {
         "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "settings": settings,
         "versions": versions(),
         "models": records,
