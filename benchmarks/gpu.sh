@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The benchmarks on a lent GPU machine (H100/H200 with jax[cuda], scipy, scikit-learn; no network).
+#
+#   bash benchmarks/gpu.sh           # cifar10-zoo and big-zoo, jax-device and jax: under 8 minutes
+#   bash benchmarks/gpu.sh --quick   # the same steps on the tiny scenario: any machine, a minute
+#
+# Nothing is installed: the checkout goes on PYTHONPATH. Features are generated on the host
+# (all cores) into $NCTI_BENCH_CACHE, by default /dev/shm when it has room, so the 30 GB of
+# features never touch the disk. jax-device times the zoo with its features already on the
+# GPU (the target); jax, with memory-mapped host features. Every step prints as it goes and
+# has its own time limit, so that one slow compilation cannot eat the session. Results go to
+# $NCTI_BENCH_RESULTS (default benchmarks/results/) and, when $OUT is set, are copied there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+results=${NCTI_BENCH_RESULTS:-benchmarks/results}
+if [[ -z "${NCTI_BENCH_CACHE:-}" ]]; then
+  shm_free=$(df -B1 --output=avail /dev/shm 2>/dev/null | tail -n 1)
+  if (( ${shm_free:-0} > 40 * 10**9 )); then NCTI_BENCH_CACHE=/dev/shm/ncti-bench
+  else NCTI_BENCH_CACHE=/tmp/ncti-bench; fi
+fi
+
+zoo=cifar10-zoo big=big-zoo quick=()
+if [[ "${1:-}" == --quick ]]; then
+  zoo=tiny big=tiny quick=(--quick)
+fi
+bench=("$python" -m benchmarks --cache "$NCTI_BENCH_CACHE" --out "$results" "${quick[@]}")
+
+failed=0
+step() {  # step SECONDS WHAT COMMAND...: runs COMMAND under its own time limit
+  local limit=$1 what=$2 start=$SECONDS status
+  shift 2
+  echo "=== $what (limit ${limit} s, $(date -u +%T) UTC)"
+  timeout -k 5 "$limit" "$@"
+  status=$?
+  (( status == 124 )) && echo "=== $what: TIMED OUT"
+  echo "=== $what: exit status $status after $((SECONDS - start)) s"
+  (( status == 0 )) || failed=1
+}
+
+stamp=$(mktemp)
+step 20 "devices" "$python" -c "import jax; print(jax.__version__, jax.devices())"
+step 45 "generate $zoo" "${bench[@]}" --generate-only --scenario "$zoo"
+step 140 "bench $zoo" "${bench[@]}" --scenario "$zoo" --contenders jax-device,jax
+step 90 "generate $big" "${bench[@]}" --generate-only --scenario "$big"
+# 64 models in float64 on the host would take minutes: no untimed reference check here.
+step 150 "bench $big" "${bench[@]}" --scenario "$big" --contenders jax-device,jax --no-check
+
+if [[ -n "${OUT:-}" ]]; then
+  find "$results" -maxdepth 1 -type f -newer "$stamp" -exec cp -v {} "$OUT"/ \;
+fi
+rm -f "$stamp"
+exit "$failed"
