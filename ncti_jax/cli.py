@@ -5,6 +5,7 @@ ncti score PATH [--dataset NAME] [--out DIR] [--n-components K]
                 [--models a,b,c]
 ncti evaluate RESULTS --truth group1:cifar10|accuracies.csv [--all] [--bootstrap N]
 ncti plot RESULTS [--truth ...] [--out DIR]
+ncti bench --scenario NAME [--contenders jax,reference,authors] [--repeats N] [--quick] [--list]
 """
 
 from __future__ import annotations
@@ -194,6 +195,16 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--precision", choices=("highest", "high", "default"), default="highest")
             p.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
             p.set_defaults(func=_rank)
+
+    from benchmarks.cli import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="time the engine against the float64 reference and the authors' pipeline",
+        description="Benchmarks on synthetic zoos: times, peak memory, accuracy against the "
+        "float64 reference and the machine's floor (benchmarks/README.md).",
+    )
+    add_bench_arguments(bench).set_defaults(func=_bench)
     return parser
 
 
@@ -467,6 +478,12 @@ def _rank(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.cli import run
+
+    return run(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
