@@ -2,7 +2,8 @@
 
 NCTI (Wang et al., ICCV 2023) ranks pre-trained models by how far their
 penultimate features on a target dataset are from neural collapse. This package
-scores every model of a zoo in one jit-compiled, vmapped call.
+scores a zoo with jit-compiled kernels vmapped over the models and split
+over devices (and hosts).
 
 Example:
   >>> import numpy as np, ncti_jax
@@ -16,14 +17,24 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._checkpoint import CheckpointError as CheckpointError
 from ._ncti import NCTIResult as NCTIResult
 from ._ncti import Status as Status
 from ._ncti import normalise_zoo as normalise_zoo
 from ._ncti import score_zoo as score_zoo
+from ._stream import RowChunks as RowChunks
 
 try:
     __version__ = version("ncti-jax")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["NCTIResult", "Status", "__version__", "normalise_zoo", "score_zoo"]
+__all__ = [
+    "CheckpointError",
+    "NCTIResult",
+    "RowChunks",
+    "Status",
+    "__version__",
+    "normalise_zoo",
+    "score_zoo",
+]

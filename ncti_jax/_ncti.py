@@ -5,21 +5,26 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
-from . import _validate
+from . import _shard, _validate
+from ._checkpoint import Checkpoint
 from ._lda import ClassStats, lda_eigen, lda_svd
 from ._linalg import target_platform
 from ._nuclear import nuclear_norm
 from ._pad import ClassLayout, class_layout, stack_zoo
-from ._pca import pca_project
+from ._pca import mask_components, pca_project
+from ._plan import Plan, make_plan
+from ._stream import DEFAULT_CHUNK_ROWS, device_pca, host_pca
 
 # The authors' branch rule: the svd solver when the shrinkage clamps at this floor.
 SHRINKAGE_FLOOR = 1e-10
@@ -122,7 +127,7 @@ class NCTIResult:
 def model_components(
     x: jax.Array, n_valid_components: jax.Array, n_cols: jax.Array, layout: ClassLayout, *, k: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """NCTI's three raw components for one model.
+    """NCTI's three raw components for one model, from its features.
 
     Args:
       x: (N, D) features, zero-padded columns allowed.
@@ -135,11 +140,35 @@ def model_components(
       (3,) etf, ncc, vc; the PCA rank kept; the shrinkage; whether the eigen
       solver was selected.
     """
+    return _components(*pca_project(x, n_valid_components, n_cols, k), layout)
+
+
+def projected_components(
+    z: jax.Array,
+    evals: jax.Array,
+    mean_sq: jax.Array,
+    n_valid_components: jax.Array,
+    layout: ClassLayout,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`model_components` from a PCA done elsewhere (:mod:`ncti_jax._stream`).
+
+    Args:
+      z: (N, k) centred features projected on their top-``k`` principal directions.
+      evals: (k,) the matching eigenvalues of the centred scatter, decreasing.
+      mean_sq: scalar, the largest squared feature mean.
+      n_valid_components: scalar ``min(k, N - 1, D_model)``; columns beyond it are ignored.
+      layout: the labels' device arrays.
+    """
+    return _components(*mask_components(z, evals, mean_sq, n_valid_components), layout)
+
+
+def _components(
+    z: jax.Array, variances: jax.Array, mask: jax.Array, layout: ClassLayout
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     c = layout.counts.shape[0]
-    z, variances, mask = pca_project(x, n_valid_components, n_cols, k)
     shrinkage = jnp.maximum(jnp.exp(-jnp.sum(variances[:SHRINKAGE_TOP])), SHRINKAGE_FLOOR)
     # Compare with the floor as rounded to this dtype, as the authors' code does in float64.
-    use_eigen = shrinkage > jnp.asarray(SHRINKAGE_FLOOR, x.dtype)
+    use_eigen = shrinkage > jnp.asarray(SHRINKAGE_FLOOR, z.dtype)
 
     stats = ClassStats(z, layout.codes, layout.counts)
     pca_rank = jnp.sum(mask)
@@ -158,7 +187,7 @@ def model_components(
     return jnp.stack([etf, ncc, vc]), pca_rank, shrinkage, use_eigen
 
 
-@functools.partial(jax.jit, static_argnames=("k", "precision", "platform"))
+@functools.partial(jax.jit, static_argnames=("k", "precision", "platform", "mesh"))
 def zoo_components(
     x: jax.Array,
     n_valid_components: jax.Array,
@@ -168,16 +197,45 @@ def zoo_components(
     k: int,
     precision: str,
     platform: str,
+    mesh: Mesh | None = None,
 ) -> RawComponents:
     """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D).
 
     ``platform`` is the backend ``x`` lives on: the linear algebra is traced for
-    it (see :mod:`ncti_jax._linalg`).
+    it (see :mod:`ncti_jax._linalg`). With a ``mesh``, the model axis is split
+    over its devices (M a multiple of their count).
     """
-    kernel = functools.partial(model_components, k=k)
-    with jax.default_matmul_precision(precision), target_platform(platform):
-        outs = jax.vmap(kernel, in_axes=(0, 0, 0, None))(x, n_valid_components, n_cols, layout)
-    return RawComponents(*outs)
+    kernel = jax.vmap(functools.partial(model_components, k=k), in_axes=(0, 0, 0, None))
+    return _run_models(kernel, (x, n_valid_components, n_cols), layout, precision, platform, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("precision", "platform", "mesh"))
+def zoo_projected_components(
+    z: jax.Array,
+    evals: jax.Array,
+    mean_sq: jax.Array,
+    n_valid_components: jax.Array,
+    layout: ClassLayout,
+    *,
+    precision: str,
+    platform: str,
+    mesh: Mesh | None = None,
+) -> RawComponents:
+    """:func:`projected_components` vmapped over the model axis of ``z`` (M, N, k)."""
+    kernel = jax.vmap(projected_components, in_axes=(0, 0, 0, 0, None))
+    return _run_models(
+        kernel, (z, evals, mean_sq, n_valid_components), layout, precision, platform, mesh
+    )
+
+
+def _run_models(kernel, per_model, layout, precision, platform, mesh) -> RawComponents:
+    def local(*args):
+        with jax.default_matmul_precision(precision), target_platform(platform):
+            return RawComponents(*kernel(*args))
+
+    if mesh is None:
+        return local(*per_model, layout)
+    return _shard.over_models(local, mesh, n_replicated=1)(*per_model, layout)
 
 
 def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.ndarray, ...]:
@@ -208,29 +266,50 @@ def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.nda
 
 
 def score_zoo(
-    features: Mapping[str, ArrayLike] | ArrayLike,
+    features: Mapping[str, Any] | ArrayLike,
     labels: ArrayLike,
     *,
     n_components: int = 64,
     precision: str | jax.lax.Precision = "highest",
     dtype: Any = None,
     names: Any = None,
+    strategy: str = "auto",
+    devices: Sequence[jax.Device] | None = None,
+    memory_limit: int | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    checkpoint: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> NCTIResult:
-    """Scores a zoo of models with NCTI, all models in one compiled call.
+    """Scores a zoo of models with NCTI.
+
+    Models are independent until the final min-max normalisation: they are
+    scored in compiled calls over blocks of models, the model axis split over
+    ``devices``, with the memory of each call planned ahead (see
+    :mod:`ncti_jax._plan`).
 
     Args:
-      features: ``{model name: (N, D_m) array}`` (D may differ between models) or a
-        stacked (M, N, D) array. NumPy (memory-mapped too) or JAX arrays, any real
-        dtype; the same N samples, in the same order, for every model.
+      features: ``{model name: (N, D_m) features}`` (D may differ between models)
+        or a stacked (M, N, D) array. NumPy (memory-mapped too) or JAX arrays of
+        any real dtype, or :class:`RowChunks` for features read in row blocks;
+        the same N samples, in the same order, for every model.
       labels: (N,) or (N, 1) class labels: integers, strings or whole-number floats.
       n_components: PCA dimension ``k`` (64 in the paper).
       precision: matmul precision, ``"highest"`` (exact float32, the default),
         ``"high"`` (TF32 / bf16x3 on accelerators) or ``"default"``.
       dtype: computation dtype, float32 (default) or float64 (needs x64 enabled).
       names: model names for a stacked array.
-      progress: show a progress bar over the models (needs tqdm; CPU runs score
-        one model at a time).
+      strategy: ``"fused"`` (whole models on the devices, one kernel),
+        ``"streaming"`` (PCA from row chunks, then the kernel on the (N, k)
+        projections) or ``"auto"`` (streaming on CPU; fused elsewhere when a
+        model fits a device, else streaming). Both give the same result.
+      devices: the devices to split the models over (default: every device,
+        of every process when ``jax.distributed`` is initialised; then each
+        process passes its own models and every process gets the whole zoo's result).
+      memory_limit: bytes one device may use (default: what the device reports free).
+      chunk_rows: rows per chunk when streaming.
+      checkpoint: a directory to save finished models in (orbax); a rerun with the
+        same arguments resumes from it.
+      progress: show a progress bar over the models (needs tqdm).
 
     Returns:
       An :class:`NCTIResult`.
@@ -238,6 +317,8 @@ def score_zoo(
     Raises:
       ValueError, TypeError: on bad input, before anything is traced, naming the
         model or argument at fault.
+      MemoryError: ``strategy="fused"`` and one model does not fit one device.
+      CheckpointError: ``checkpoint`` holds another run's or a corrupt checkpoint.
 
     Example:
       >>> import numpy as np, ncti_jax
@@ -251,54 +332,208 @@ def score_zoo(
     k_req = _validate.check_n_components(n_components)
     precision = _validate.resolve_precision(precision)
     dt = _validate.resolve_dtype(dtype)
+    rows = _validate.check_positive_int(chunk_rows, "chunk_rows")
     lab = _validate.check_labels(labels)
     model_names, arrays = _validate.check_features(features, lab.n_samples, names)
     dims = {name: int(x.shape[1]) for name, x in zip(model_names, arrays, strict=True)}
     k_eff = _validate.effective_components(k_req, lab.n_samples, dims)
     _validate.warn_singleton_classes(lab)
+    mesh = _shard.model_mesh(devices)
+    local_devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    if not local_devices:
+        raise ValueError("devices: none of them belongs to this process.")
+    if _shard.multi_process():
+        _shard.check_same("labels", _shard.digest(lab.codes))
 
-    k = max(k_eff.values())
-    d_max = max(dims.values())
-    platform = _platform(arrays)
-    layout = class_layout(lab, dt)
-    opts = {"k": k, "precision": precision, "platform": platform}
-    # On a CPU every large op already uses all cores: scoring one model at a time
-    # (zero-padded to one shape, so one compilation) costs the same time and holds
-    # one model's temporaries instead of the whole zoo's. Elsewhere the zoo is one
-    # vmapped call.
-    chunk = 1 if platform == "cpu" else len(arrays)
-    parts = []
-    for start in _progress(range(0, len(arrays), chunk), progress and chunk == 1, len(arrays)):
-        names = model_names[start : start + chunk]
-        parts.append(
-            zoo_components(
-                stack_zoo(arrays[start : start + chunk], dt, d_max=d_max),
-                jnp.asarray([k_eff[m] for m in names], jnp.int32),
-                jnp.asarray([dims[m] for m in names], jnp.int32),
-                layout,
-                **opts,
-            )
+    ctx = _Context(
+        names=dict(zip(model_names, arrays, strict=True)),
+        k_eff=k_eff,
+        dims=dims,
+        k=_shard.agree_max(max(k_eff.values())),
+        d_max=_shard.agree_max(max(dims.values())),
+        n=lab.n_samples,
+        dtype=dt,
+        precision=precision,
+        mesh=mesh,
+        local_devices=local_devices,
+        rows=rows,
+        layout=_shard.replicate(class_layout(lab, dt), mesh),
+        plan=None,
+    )
+    widest = max(dims, key=dims.get)
+    ctx.plan = make_plan(
+        strategy,
+        device=local_devices[0],
+        n_local_devices=len(local_devices),
+        n_models=len(model_names),
+        n=lab.n_samples,
+        d_max=ctx.d_max,
+        k=ctx.k,
+        n_classes=lab.n_classes,
+        block=int(lab.counts.max()),
+        itemsize=dt.itemsize,
+        rows=rows,
+        memory_limit=memory_limit,
+        widest=widest,
+    )
+
+    if (
+        ctx.plan.strategy == "fused"
+        and local_devices[0].platform == "cpu"
+        and mesh.devices.size > 1
+        and dt == np.float32
+    ):
+        raise ValueError(
+            "strategy='fused' on several CPU devices needs dtype=float64: in float32 its "
+            "eigensolver runs in host callbacks, which hang XLA:CPU when several CPU devices "
+            "run at once. Use strategy='streaming' (the CPU default)."
         )
-    raw = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
-    return _finish(model_names, raw, k_eff, k_req, lab)
+    store = None
+    if checkpoint is not None:
+        where = os.fspath(checkpoint)
+        if _shard.multi_process():
+            where = os.path.join(where, f"process_{jax.process_index()}")
+        store = Checkpoint(where, _fingerprint(ctx, lab, k_req))
+    done = store.restore() if store is not None else {}
+    todo = [m for m in model_names if m not in done]
+    per_call = ctx.plan.models_per_call
+    n_calls = _shard.agree_max(-(-len(todo) // per_call))  # every process makes every call
+    bar = _progress(progress, len(model_names), initial=len(model_names) - len(todo))
+    try:
+        for call in range(n_calls):
+            batch = todo[call * per_call : (call + 1) * per_call]
+            # Read back at once: overlapping the next model's host BLAS with this
+            # call oversubscribes the cores (measured 10% slower on 2 cores).
+            rows = _shard.local_rows(_score_call(ctx, batch))
+            for j, name in enumerate(batch):
+                done[name] = {f: getattr(rows, f)[j] for f in _RAW_FIELDS}
+            if store is not None and batch:
+                store.save(done)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+        if store is not None:
+            store.close()
+    return _gather_and_finish(model_names, done, k_eff, k_req, lab)
 
 
-def _platform(arrays) -> str:
-    """The backend the zoo will be scored on: that of device arrays, else the default."""
-    for a in arrays:
-        if isinstance(a, jax.Array):
-            return next(iter(a.devices())).platform
-    return jax.default_backend()
+_RAW_FIELDS = tuple(f.name for f in dataclasses.fields(RawComponents))
 
 
-def _progress(iterable, enabled: bool, total: int):
+@dataclasses.dataclass
+class _Context:
+    """What every compiled call of one :func:`score_zoo` run shares."""
+
+    names: dict[str, Any]  # this process's models: name -> features
+    k_eff: dict[str, int]
+    dims: dict[str, int]
+    k: int  # zoo-wide (all processes) PCA width: the static shapes
+    d_max: int
+    n: int
+    dtype: np.dtype
+    precision: str
+    mesh: Mesh
+    local_devices: list[jax.Device]
+    rows: int
+    layout: ClassLayout
+    plan: Plan | None
+
+
+def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
+    """Dispatches one compiled call on ``batch``, padded with dummy models."""
+    pad = ctx.plan.models_per_call - len(batch)
+    n_valid = np.array([ctx.k_eff[m] for m in batch] + [0] * pad, np.int32)
+    opts = {"precision": ctx.precision, "platform": ctx.local_devices[0].platform, "mesh": ctx.mesh}
+    if ctx.plan.strategy == "fused":
+        arrays = [ctx.names[m] for m in batch]
+        x = stack_zoo(arrays, ctx.dtype, d_max=ctx.d_max, n_models=len(batch) + pad, n=ctx.n)
+        cols = np.array([ctx.dims[m] for m in batch] + [0] * pad, np.int32)
+        out = zoo_components(
+            _shard.put_models(x, ctx.mesh),
+            _shard.put_models(n_valid, ctx.mesh),
+            _shard.put_models(cols, ctx.mesh),
+            ctx.layout,
+            k=ctx.k,
+            **opts,
+        )
+    else:
+        m_all = len(batch) + pad
+        z = np.zeros((m_all, ctx.n, ctx.k), ctx.dtype)
+        evals = np.zeros((m_all, ctx.k), ctx.dtype)
+        mean_sq = np.zeros(m_all, ctx.dtype)
+        for j, name in enumerate(batch):
+            kj = ctx.k_eff[name]
+            if ctx.local_devices[0].platform == "cpu":
+                zj, top = host_pca(name, ctx.names[name], kj, ctx.dtype, rows=ctx.rows)
+            else:
+                device = ctx.local_devices[j % len(ctx.local_devices)]
+                zj, top = device_pca(
+                    name,
+                    ctx.names[name],
+                    kj,
+                    ctx.dtype,
+                    rows=ctx.rows,
+                    device=device,
+                    precision=ctx.precision,
+                )
+            z[j, :, :kj] = np.asarray(zj)
+            evals[j, :kj] = np.asarray(top.evals)
+            mean_sq[j] = top.mean_sq
+        out = zoo_projected_components(
+            *(_shard.put_models(a, ctx.mesh) for a in (z, evals, mean_sq, n_valid)),
+            ctx.layout,
+            **opts,
+        )
+    return out
+
+
+def _fingerprint(ctx: _Context, labels: _validate.Labels, k_req: int) -> dict[str, Any]:
+    return {
+        "models": {m: [ctx.n, ctx.dims[m]] for m in ctx.names},
+        "labels_sha256": _shard.digest(labels.codes).hex(),
+        "n_components": k_req,
+        "k": ctx.k,
+        "dtype": str(ctx.dtype),
+        "precision": ctx.precision,
+    }
+
+
+def _progress(enabled: bool, total: int, initial: int):
     if not enabled:
-        return iterable
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, unit="model", desc="scoring")
+        return None
+    return tqdm(total=total, initial=initial, unit="model", desc="scoring")
+
+
+def _gather_and_finish(
+    model_names: tuple[str, ...],
+    done: dict[str, dict[str, np.ndarray]],
+    k_eff: dict[str, int],
+    k_req: int,
+    labels: _validate.Labels,
+) -> NCTIResult:
+    """Every process's raw components (in process order), normalised as one zoo."""
+    local = {f: np.stack([np.asarray(done[m][f]) for m in model_names]) for f in _RAW_FIELDS}
+    local["k_eff"] = np.array([k_eff[m] for m in model_names], np.int32)
+    all_names = _shard.allgather_names(model_names)
+    if len(all_names) > 1:
+        width = max(len(n) for n in all_names)
+        for f, a in local.items():
+            padded = np.zeros((width, *a.shape[1:]), a.dtype)
+            padded[: a.shape[0]] = a
+            rows = _shard.allgather(padded)
+            local[f] = np.concatenate([rows[p, : len(n)] for p, n in enumerate(all_names)])
+        model_names = tuple(m for names in all_names for m in names)
+        if len(set(model_names)) != len(model_names):
+            dup = sorted({m for m in model_names if model_names.count(m) > 1})
+            raise ValueError(f"model names must be unique across processes; repeated: {dup}.")
+    k_eff = dict(zip(model_names, local.pop("k_eff").tolist(), strict=True))
+    return _finish(model_names, RawComponents(**local), k_eff, k_req, labels)
 
 
 def _finish(
@@ -340,20 +575,20 @@ def _finish(
                 f"model {name!r}: features have no variance (constant or all zero); "
                 "its LDA reduces to the class priors.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         elif s & Status.RANK_DEFICIENT:
             warnings.warn(
                 f"model {name!r}: only {int(r)} of {k_eff[name]} principal "
                 "directions have variance.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if s & Status.NON_FINITE:
             warnings.warn(
                 f"model {name!r}: a raw component is not finite; its NCTI is NaN.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
     if constant.any():
         which = [c for c, flag in zip(("etf", "ncc", "vc"), constant, strict=True) if flag]
@@ -362,7 +597,7 @@ def _finish(
             f"{' (a zoo of one model)' if len(models) == 1 else ''}; "
             "they normalise to 0.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     raw_dtype = raw.components.dtype

@@ -18,26 +18,37 @@ import numpy as np
 from ._validate import Labels
 
 
-def stack_zoo(arrays: Sequence[Any], dtype: np.dtype, *, d_max: int | None = None) -> jax.Array:
-    """Stacks per-model (N, D_m) features into (M, N, d_max), zero-padded, in ``dtype``.
+def stack_zoo(
+    arrays: Sequence[Any],
+    dtype: np.dtype,
+    *,
+    d_max: int | None = None,
+    n_models: int | None = None,
+    n: int | None = None,
+) -> jax.Array | np.ndarray:
+    """Stacks per-model (N, D_m) features into (n_models, N, d_max), zero-padded, in ``dtype``.
 
-    ``d_max`` defaults to the widest of ``arrays``.
+    ``d_max`` defaults to the widest of ``arrays``, ``n_models`` to their number:
+    models beyond ``arrays`` are all-zero dummies (``n`` gives N when there are no
+    arrays at all).
 
-    Host arrays (including memory-mapped files) are copied once into one host
-    buffer and transferred once; device arrays stay on their device.
+    Device arrays stay on their device; host arrays (memory-mapped files too) are
+    copied once into one host buffer, and not at all when nothing needs padding.
     """
     d_max = d_max or max(int(x.shape[1]) for x in arrays)
-    n = int(arrays[0].shape[0])
-    if all(isinstance(x, jax.Array) for x in arrays):
+    n_models = n_models or len(arrays)
+    n = int(arrays[0].shape[0]) if arrays else int(n)
+    if arrays and all(isinstance(x, jax.Array) for x in arrays):
         padded = [jnp.pad(x.astype(dtype), ((0, 0), (0, d_max - x.shape[1]))) for x in arrays]
-        return jnp.stack(padded)
-    if len(arrays) == 1 and int(arrays[0].shape[1]) == d_max:  # nothing to pad: one read, no copy
-        return jax.device_put(np.asarray(arrays[0], dtype)[None])
-    out = np.zeros((len(arrays), n, d_max), dtype=dtype)
+        dummies = [jnp.zeros((n, d_max), dtype)] * (n_models - len(arrays))
+        return jnp.stack(padded + dummies)
+    if n_models == 1 and int(arrays[0].shape[1]) == d_max:  # nothing to pad: no copy
+        return np.asarray(arrays[0], dtype)[None]
+    out = np.zeros((n_models, n, d_max), dtype=dtype)
     for i, x in enumerate(arrays):
         host = np.asarray(jax.device_get(x)) if isinstance(x, jax.Array) else x
         out[i, :, : host.shape[1]] = host  # one read of each (possibly memory-mapped) file
-    return jnp.asarray(out)
+    return out
 
 
 @jax.tree_util.register_dataclass

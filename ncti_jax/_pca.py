@@ -40,19 +40,38 @@ def pca_project(
     else:
         evals, evecs = top_eigh(xc @ xc.T, k)
         z = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
+    return mask_components(z, evals, jnp.max(mean * mean), n_valid_components)
+
+
+def mask_components(
+    z: jax.Array, evals: jax.Array, mean_sq: jax.Array, n_valid_components: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Keeps the principal directions that carry variance; zeroes the others.
+
+    Args:
+      z: (N, k) projection on the top-``k`` directions, decreasing variance.
+      evals: (k,) eigenvalues of the centred scatter ``xc.T @ xc``, decreasing.
+      mean_sq: scalar, the largest squared feature mean (sets the rounding level).
+      n_valid_components: scalar, ``min(k, N - 1, D_model)``.
+
+    Returns:
+      ``(z, variances, mask)`` as documented in :func:`pca_project`.
+    """
+    n, k = z.shape
     variances = jnp.clip(evals, 0.0) / (n - 1)
-    mask = (jnp.arange(k) < n_valid_components) & (variances > variance_floor(x, mean, variances))
+    mask = (jnp.arange(k) < n_valid_components) & (
+        variances > variance_floor(z.dtype, mean_sq, variances)
+    )
     z = jnp.where(mask, z, 0.0)
     return z, jnp.where(mask, variances, 0.0), mask
 
 
-def variance_floor(x: jax.Array, mean: jax.Array, variances: jax.Array) -> jax.Array:
+def variance_floor(dtype: jnp.dtype, mean_sq: jax.Array, variances: jax.Array) -> jax.Array:
     """Variances at or below this are rounding noise of the computation.
 
     Centring leaves an error of about ``eps * |mean|`` per column and ``eigh`` an
     absolute error of about ``eps * lambda_max``; both are far below any variance
     that carries information, and a constant (or all-zero) model falls under it.
     """
-    eps = jnp.finfo(x.dtype).eps
-    scale = jnp.maximum(variances[0], jnp.max(mean * mean))
-    return 16 * eps * scale
+    eps = jnp.finfo(dtype).eps
+    return 16 * eps * jnp.maximum(variances[0], mean_sq)

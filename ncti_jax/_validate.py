@@ -146,7 +146,12 @@ def check_feature_array(name: str, x: Any, n_samples: int) -> tuple[int, int]:
 
 
 def count_nonfinite(x: Any) -> int:
-    """Number of NaN/inf entries, scanning host arrays in row chunks."""
+    """Number of NaN/inf entries, scanning host arrays in row chunks.
+
+    Row-chunk sources (:class:`ncti_jax.RowChunks`) are checked as they are read.
+    """
+    if not hasattr(x, "__getitem__"):
+        return 0
     if isinstance(x, jax.Array):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             return 0
@@ -237,6 +242,12 @@ def resolve_precision(precision: Any) -> str:
             f"jax.lax.Precision); got {precision!r}."
         )
     return _PRECISIONS[key]
+
+
+def check_positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer; got {value!r}.")
+    return int(value)
 
 
 def check_n_components(n_components: Any) -> int:

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_public_api():
     assert set(ncti_jax.__all__) == {
+        "CheckpointError",
         "NCTIResult",
+        "RowChunks",
         "Status",
         "__version__",
         "normalise_zoo",

@@ -1,0 +1,126 @@
+"""Resumable zoo runs: finished models' raw components, checkpointed with orbax.
+
+A run with ``checkpoint=DIR`` saves, after every compiled call, the raw
+components of every model finished so far, with a fingerprint of what they were
+computed from (model names and shapes, the labels, ``k``, dtype, precision). A
+restarted run restores them and scores only the rest, so a preempted job loses at
+most one call's work and ends with the result of an uninterrupted run.
+
+Orbax writes each step to a temporary directory and renames it when complete, so
+a job killed mid-save leaves the previous step intact. The saved arrays also
+carry a SHA-256 digest that is checked on restore: a checkpoint that does not
+match its digest or its fingerprint raises :class:`CheckpointError` instead of
+being reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+_FIELDS = ("components", "pca_rank", "shrinkage", "eigen_solver")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used for this run (corrupt, or another zoo's)."""
+
+
+def _digest(names: list[str], tree: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256("\n".join(names).encode())
+    for f in _FIELDS:
+        a = np.ascontiguousarray(tree[f])
+        h.update(f"{f}:{a.dtype}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class Checkpoint:
+    """The finished models of one zoo run, saved under ``directory``.
+
+    Args:
+      directory: where the steps live (created if missing).
+      fingerprint: JSON-serialisable description of the run; a restore from a
+        different fingerprint raises.
+    """
+
+    def __init__(self, directory: str | os.PathLike, fingerprint: dict[str, Any]):
+        try:
+            import orbax.checkpoint as ocp
+        except ImportError:  # pragma: no cover - orbax is a dependency of resumable runs
+            raise ImportError(
+                "checkpoint= needs orbax-checkpoint: pip install 'ncti-jax[resume]'"
+            ) from None
+        self._ocp = ocp
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalised, e.g. tuples
+        # Every process keeps its own models' results in its own directory: no primary host.
+        local = ocp.options.MultiprocessingOptions(primary_host=None)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=2,
+            enable_async_checkpointing=False,  # a step is on disk when save() returns
+            multiprocessing_options=local,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(multiprocessing_options=local),
+                "meta": ocp.JsonCheckpointHandler(multiprocessing_options=local),
+            },
+        )
+
+    def restore(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{model name: its raw fields}`` of the latest step; empty if there is none."""
+        step = self._manager.latest_step()
+        if step is None:
+            return {}
+        ocp = self._ocp
+        where = f"checkpoint {self.directory} (step {step})"
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+                ),
+            )
+            meta, state = restored["meta"], restored["state"]
+            tree = {f: np.asarray(state[f]) for f in _FIELDS}
+            names = list(meta["names"])
+        except Exception as err:
+            raise CheckpointError(
+                f"{where} cannot be read ({type(err).__name__}: {err}); it is corrupt or "
+                "from another version. Delete it to start over."
+            ) from err
+        if meta.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"{where} was written for a different run (other models, labels or "
+                "settings); pass another checkpoint directory or delete it."
+            )
+        if meta.get("digest") != _digest(names, tree):
+            raise CheckpointError(
+                f"{where} does not match its digest: its files were modified or "
+                "truncated. Delete it to start over."
+            )
+        return {name: {f: tree[f][i] for f in _FIELDS} for i, name in enumerate(names)}
+
+    def save(self, done: dict[str, dict[str, np.ndarray]]) -> None:
+        """Saves every finished model (step = how many)."""
+        names = list(done)
+        tree = {f: np.stack([np.asarray(done[m][f]) for m in names]) for f in _FIELDS}
+        meta = {"fingerprint": self.fingerprint, "names": names, "digest": _digest(names, tree)}
+        ocp = self._ocp
+        self._manager.save(
+            len(names),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,135 @@
+"""Memory planning: how a zoo is split into compiled calls before anything runs.
+
+Two strategies compute the same thing:
+
+* ``"fused"``: each call moves a block of whole models to the devices and runs the
+  entire kernel there (PCA included), vmapped over the models of each device.
+  The fastest route on accelerators when a model fits in device memory.
+* ``"streaming"``: the PCA of each model is accumulated from row chunks
+  (:mod:`ncti_jax._stream`), so a model never has to fit anywhere; only its
+  (N, k) projection goes to the compiled kernel. The default on CPU, where the
+  host BLAS forms the covariance about twice as fast as XLA:CPU, and the fallback
+  for a model wider or longer than device memory.
+
+``"auto"`` picks streaming on CPU, fused elsewhere when one model per device fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal
+
+import jax
+
+Strategy = Literal["auto", "fused", "streaming"]
+STRATEGIES = ("auto", "fused", "streaming")
+
+# Share of the free device memory a plan may fill (XLA needs headroom for its own buffers).
+_HEADROOM = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How :func:`ncti_jax.score_zoo` runs a zoo.
+
+    Attributes:
+      strategy: ``"fused"`` or ``"streaming"``.
+      models_per_call: models this process sends per compiled call (a multiple of
+        its device count; the last call is padded with dummy models).
+      bytes_per_model: the device memory one model needs in that strategy.
+      budget: device memory available per device, in bytes (None: unknown).
+    """
+
+    strategy: str
+    models_per_call: int
+    bytes_per_model: int
+    budget: int | None
+
+
+def fused_bytes(n: int, d: int, k: int, n_classes: int, block: int, itemsize: int) -> int:
+    """Peak device bytes of one model in the fused kernel.
+
+    The features and their centred copy (2 N D), the covariance and eigh's
+    workspace (about 3 D^2, or 3 N^2 when N < D), and the LDA stage.
+    """
+    gram = min(n, d) ** 2
+    return itemsize * (2 * n * d + 3 * gram) + stage2_bytes(n, k, n_classes, block, itemsize)
+
+
+def streaming_bytes(
+    n: int, d: int, k: int, n_classes: int, block: int, itemsize: int, rows: int
+) -> int:
+    """Peak device bytes of one model streamed in chunks of ``rows`` rows."""
+    return itemsize * (2 * rows * d + 3 * d * d) + stage2_bytes(n, k, n_classes, block, itemsize)
+
+
+def stage2_bytes(n: int, k: int, n_classes: int, block: int, itemsize: int) -> int:
+    """The LDA stage on the (N, k) projection: a few (N, k) and (N, C) arrays, and
+    the per-class probability blocks (C, B, C) for vc (B: the largest class)."""
+    return itemsize * (6 * n * k + 4 * n * n_classes + 2 * n_classes * block * n_classes)
+
+
+def device_budget(device: jax.Device, memory_limit: int | None) -> int | None:
+    """Bytes one device may fill: ``memory_limit`` if given, else what the device reports
+    free (with headroom), else half the host's memory for a CPU device."""
+    if memory_limit is not None:
+        return int(memory_limit)
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # some backends do not implement it
+        stats = {}
+    if "bytes_limit" in stats:
+        return int(_HEADROOM * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    if device.platform == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def make_plan(
+    strategy: str,
+    *,
+    device: jax.Device,
+    n_local_devices: int,
+    n_models: int,
+    n: int,
+    d_max: int,
+    k: int,
+    n_classes: int,
+    block: int,
+    itemsize: int,
+    rows: int,
+    memory_limit: int | None,
+    widest: str,
+) -> Plan:
+    """Chooses the strategy and the models per call for a zoo (``n_models`` local models).
+
+    Raises:
+      MemoryError: ``strategy="fused"`` and one model does not fit one device.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
+    budget = device_budget(device, memory_limit)
+    fused = fused_bytes(n, d_max, k, n_classes, block, itemsize)
+    fits = budget is None or fused <= budget
+    if strategy == "auto":
+        strategy = "fused" if device.platform != "cpu" and fits else "streaming"
+    if strategy == "fused" and not fits:
+        raise MemoryError(
+            f"model {widest!r} (N = {n}, D = {d_max}) needs about {fused / 2**30:.2f} GiB "
+            f"on one device in the fused strategy, more than the {budget / 2**30:.2f} GiB "
+            "available; use strategy='streaming', which holds one chunk of rows at a time."
+        )
+    per_device = -(-max(n_models, 1) // n_local_devices)  # ceil: every model in one call
+    if strategy == "fused":
+        per_model = fused
+        if budget is not None:
+            per_device = max(1, min(per_device, budget // fused))
+    else:
+        # One model per device per call: each model's PCA is streamed on its own anyway.
+        per_model = streaming_bytes(n, d_max, k, n_classes, block, itemsize, rows)
+        per_device = 1
+    return Plan(strategy, per_device * n_local_devices, per_model, budget)

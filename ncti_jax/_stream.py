@@ -1,0 +1,264 @@
+"""Top-k PCA from row chunks: two passes over features that never have to fit in memory.
+
+Pass 1 accumulates the sufficient statistics of the PCA, pass 2 projects on the
+top-``k`` principal directions; the rest of NCTI then runs on the (N, k)
+projection (:func:`ncti_jax._ncti.projected_components`).
+
+The statistics are accumulated about a fixed *shift*, the mean of the first
+chunk: ``total = sum(x - shift)`` and ``scatter = sum((x - shift)(x - shift)^T)``.
+The centred scatter is then ``scatter - count * d d^T`` with ``d = total / count``.
+Because the shift is already close to the mean, ``d`` is small and the
+subtraction loses almost nothing (unlike the textbook ``sum x x^T - N mu mu^T``
+on non-negative, post-ReLU features).
+
+Two flavours share that algebra:
+
+* host (NumPy + BLAS ``syrk``), used on CPU, where XLA's dot reaches about half
+  of OpenBLAS's rate (see :mod:`ncti_jax._linalg`): each chunk is centred into a
+  reused buffer and added to the scatter in place, so one model costs one
+  ``D x D`` accumulator and one chunk of memory beyond its features; the top-k
+  eigenpairs are solved in float64;
+* device (jitted ``jax.numpy``), used on accelerators for models that do not fit
+  in device memory: chunks are padded to one shape with rows equal to the
+  shift, which add exactly nothing, so every chunk reuses one compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from scipy.linalg import blas
+
+from ._linalg import top_eigh
+
+# Rows per chunk when the engine slices an in-memory or memory-mapped array:
+# large enough for BLAS to run at full rate, small enough to stay a few tens of MB.
+DEFAULT_CHUNK_ROWS = 4096
+
+
+class RowChunks:
+    """One model's features as row chunks, for features that do not fit in memory.
+
+    The engine reads the rows twice (mean and covariance, then the projection),
+    so ``source`` is a callable that returns a *new* iterator of row blocks on
+    each call, yielding the same rows in the same order (the order of the labels).
+
+    Args:
+      source: ``() -> iterable of (rows, D) arrays`` (NumPy or JAX).
+      shape: ``(N, D)`` of the whole model.
+      dtype: the dtype of the blocks.
+
+    Example:
+      >>> import numpy as np, ncti_jax
+      >>> x = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
+      >>> chunks = ncti_jax.RowChunks(lambda: (x[i : i + 32] for i in range(0, 100, 32)),
+      ...                             shape=x.shape, dtype=x.dtype)
+      >>> chunks.shape
+      (100, 8)
+    """
+
+    def __init__(self, source: Callable[[], Iterable[Any]], *, shape: tuple[int, int], dtype: Any):
+        if not callable(source):
+            raise TypeError(
+                "RowChunks needs a callable that returns a fresh iterator of row blocks "
+                f"(the rows are read twice); got {type(source).__name__}."
+            )
+        self.source = source
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+
+    def __repr__(self) -> str:
+        return f"RowChunks(shape={self.shape}, dtype={self.dtype})"
+
+
+def iter_rows(x: Any, rows: int) -> Iterator[Any]:
+    """Row blocks of an array (sliced, so a memory-mapped file is read block by block)
+    or of a :class:`RowChunks`."""
+    if isinstance(x, RowChunks):
+        yield from x.source()
+    else:
+        for start in range(0, int(x.shape[0]), rows):
+            yield x[start : start + rows]
+
+
+def _checked(name: str, blocks: Iterable[Any], d: int, n: int, *, check_finite: bool):
+    """Row blocks as they come, checked for width, finiteness and the row total."""
+    seen = 0
+    for i, block in enumerate(blocks):
+        shape = getattr(block, "shape", None)
+        if shape is None or len(shape) != 2 or int(shape[1]) != d:
+            raise ValueError(
+                f"model {name!r}: row chunk {i} has shape {shape}; expected (rows, {d})."
+            )
+        if check_finite:
+            finite = (
+                bool(jnp.isfinite(block).all())
+                if isinstance(block, jax.Array)
+                else bool(np.isfinite(block).all())
+            )
+            if not finite:
+                raise ValueError(
+                    f"model {name!r}: row chunk {i} (rows {seen}-{seen + int(shape[0]) - 1}) "
+                    "contains NaN or infinite values."
+                )
+        seen += int(shape[0])
+        if seen > n:
+            break
+        yield block
+    if seen != n:
+        raise ValueError(
+            f"model {name!r}: the row chunks hold {seen}{'+' if seen > n else ''} rows; "
+            f"the labels have {n}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TopComponents:
+    """What pass 1 yields: everything pass 2 and the kernel need."""
+
+    mean: np.ndarray | jax.Array  # (D,) in the computation dtype
+    evals: np.ndarray | jax.Array  # (k,) top eigenvalues of the centred scatter, decreasing
+    evecs: np.ndarray | jax.Array  # (D, k)
+    mean_sq: float | jax.Array  # the largest squared feature mean
+
+
+# --- host flavour -------------------------------------------------------------
+
+
+def host_pca(
+    name: str, x: Any, k: int, dtype: np.dtype, *, rows: int = DEFAULT_CHUNK_ROWS
+) -> tuple[np.ndarray, TopComponents]:
+    """Both passes on the host: returns the (N, k) projection and pass 1's result.
+
+    ``k`` is this model's ``min(n_components, N - 1, D)``.
+    """
+    n, d = (int(s) for s in x.shape)
+    dtype = np.dtype(dtype)
+    check = isinstance(x, RowChunks)  # arrays were checked up front
+    syrk = blas.get_blas_funcs("syrk", dtype=dtype)
+    shift = total = scatter = buf = None
+    for block in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
+        block = _host(block, dtype)
+        if shift is None:
+            shift = block.mean(axis=0, dtype=np.float64).astype(dtype)
+            total = np.zeros(d, np.float64)
+            scatter = np.zeros((d, d), dtype, order="F")
+        buf = _centre_into(block, shift, buf)
+        total += buf.sum(axis=0)  # a centred chunk's sum is small: float32 is plenty
+        # scatter += buf.T @ buf, lower triangle, in place (buf.T is Fortran-ordered).
+        scatter = syrk(1.0, buf.T, beta=1.0, c=scatter, lower=1, overwrite_c=True)
+    d_mean = total / n
+    cov = scatter.astype(np.float64, order="F")
+    cov = blas.dsyr(-n, d_mean, a=cov, lower=1, overwrite_a=True)  # - n d d^T, lower triangle
+    # Fortran order and the lower triangle: LAPACK's own layout (the upper triangle of
+    # a Fortran array took 20x longer with scipy 1.17).
+    evals, evecs = scipy.linalg.eigh(
+        cov, lower=True, subset_by_index=(d - k, d - 1), check_finite=False
+    )
+    mean = (shift + d_mean).astype(dtype)
+    top = TopComponents(
+        mean=mean,
+        evals=evals[::-1].astype(dtype),
+        evecs=np.ascontiguousarray(evecs[:, ::-1], dtype=dtype),
+        mean_sq=float(np.max(mean.astype(np.float64) ** 2)),
+    )
+    z = np.empty((n, k), dtype)
+    start = 0
+    for block in _checked(name, iter_rows(x, rows), d, n, check_finite=False):
+        buf = _centre_into(_host(block, dtype), mean, buf)
+        np.matmul(buf, top.evecs, out=z[start : start + buf.shape[0]])
+        start += buf.shape[0]
+    return z, top
+
+
+def _host(block: Any, dtype: np.dtype) -> np.ndarray:
+    if isinstance(block, jax.Array):
+        block = jax.device_get(block)
+    return np.asarray(block, dtype)
+
+
+def _centre_into(block: np.ndarray, centre: np.ndarray, buf: np.ndarray | None) -> np.ndarray:
+    """``block - centre`` written into a reused buffer (no fresh pages per chunk)."""
+    if buf is None or buf.shape[0] < block.shape[0]:
+        buf = np.empty_like(block)
+    out = buf[: block.shape[0]]
+    np.subtract(block, centre, out=out)
+    return out
+
+
+# --- device flavour -----------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    """Pass 1's running statistics about ``shift`` (device flavour)."""
+
+    shift: jax.Array  # (D,)
+    total: jax.Array  # (D,) sum of (x - shift)
+    scatter: jax.Array  # (D, D) sum of (x - shift)(x - shift)^T
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(m: Moments, block: jax.Array) -> Moments:
+    centred = block - m.shift
+    return Moments(m.shift, m.total + centred.sum(axis=0), m.scatter + centred.T @ centred)
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _top(m: Moments, n: int, *, k: int):
+    d_mean = m.total / n
+    evals, evecs = top_eigh(m.scatter - n * jnp.outer(d_mean, d_mean), k)
+    mean = m.shift + d_mean
+    return mean, evals, evecs, jnp.max(mean * mean)
+
+
+@jax.jit
+def _project(block: jax.Array, mean: jax.Array, evecs: jax.Array) -> jax.Array:
+    return (block - mean) @ evecs
+
+
+def device_pca(
+    name: str,
+    x: Any,
+    k: int,
+    dtype: np.dtype,
+    *,
+    rows: int = DEFAULT_CHUNK_ROWS,
+    device: jax.Device | None = None,
+    precision: str = "highest",
+) -> tuple[jax.Array, TopComponents]:
+    """Both passes with jitted kernels on ``device``: one row chunk there at a time."""
+    n, d = (int(s) for s in x.shape)
+    check = isinstance(x, RowChunks)
+    m = None
+    with jax.default_matmul_precision(precision):
+        for block in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
+            block = jax.device_put(jnp.asarray(block, dtype), device)
+            if m is None:
+                shift = jnp.mean(block, axis=0)
+                m = Moments(shift, jnp.zeros(d, dtype), jnp.zeros((d, d), dtype))
+            m = _accumulate(m, _pad_rows(block, m.shift, rows))
+        mean, evals, evecs, mean_sq = _top(m, n, k=k)
+        parts = [
+            _project(
+                _pad_rows(jax.device_put(jnp.asarray(b, dtype), device), mean, rows), mean, evecs
+            )[: b.shape[0]]
+            for b in _checked(name, iter_rows(x, rows), d, n, check_finite=False)
+        ]
+    return jnp.concatenate(parts), TopComponents(mean, evals, evecs, mean_sq)
+
+
+def _pad_rows(block: jax.Array, fill: jax.Array, rows: int) -> jax.Array:
+    """Pads a short chunk to ``rows`` rows of ``fill`` (the shift: they add nothing)."""
+    short = rows - block.shape[0]
+    if short <= 0:
+        return block
+    return jnp.concatenate([block, jnp.broadcast_to(fill, (short, block.shape[1]))])
