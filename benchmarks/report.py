@@ -116,7 +116,8 @@ def load_document(path: Path, machine: Mapping) -> dict:
         earlier = json.loads(path.read_text())
         if earlier.get("schema") != SCHEMA:
             raise ValueError(f"{path}: not a benchmark results file of schema {SCHEMA}.")
-        doc["scenarios"] = earlier["scenarios"]
+        # Keep what earlier runs wrote (scenarios, benchmarks.scaling's "scaling").
+        doc.update({k: v for k, v in earlier.items() if k not in ("schema", "machine")})
     return doc
 
 

@@ -338,98 +338,40 @@ def score_zoo(
     dims = {name: int(x.shape[1]) for name, x in zip(model_names, arrays, strict=True)}
     k_eff = _validate.effective_components(k_req, lab.n_samples, dims)
     _validate.warn_singleton_classes(lab)
-    mesh = _shard.model_mesh(devices)
-    local_devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    if not local_devices:
-        raise ValueError("devices: none of them belongs to this process.")
-    if _shard.multi_process():
-        _shard.check_same("labels", _shard.digest(lab.codes))
-
-    ctx = _Context(
-        names=dict(zip(model_names, arrays, strict=True)),
-        k_eff=k_eff,
-        dims=dims,
-        k=_shard.agree_max(max(k_eff.values())),
-        d_max=_shard.agree_max(max(dims.values())),
-        n=lab.n_samples,
-        dtype=dt,
-        precision=precision,
-        mesh=mesh,
-        local_devices=local_devices,
-        rows=rows,
-        layout=_shard.replicate(class_layout(lab, dt), mesh),
-        plan=None,
-    )
-    widest = max(dims, key=dims.get)
-    ctx.plan = make_plan(
+    ctx = _context(
+        dict(zip(model_names, arrays, strict=True)),
+        dims,
+        k_eff,
+        lab,
+        dt,
+        precision,
         strategy,
-        device=local_devices[0],
-        n_local_devices=len(local_devices),
-        n_models=len(model_names),
-        n=lab.n_samples,
-        d_max=ctx.d_max,
-        k=ctx.k,
-        n_classes=lab.n_classes,
-        block=int(lab.counts.max()),
-        itemsize=dt.itemsize,
-        rows=rows,
-        memory_limit=memory_limit,
-        widest=widest,
+        devices,
+        memory_limit,
+        rows,
     )
-
-    if (
-        ctx.plan.strategy == "fused"
-        and local_devices[0].platform == "cpu"
-        and mesh.devices.size > 1
-        and dt == np.float32
-    ):
-        raise ValueError(
-            "strategy='fused' on several CPU devices needs dtype=float64: in float32 its "
-            "eigensolver runs in host callbacks, which hang XLA:CPU when several CPU devices "
-            "run at once. Use strategy='streaming' (the CPU default)."
-        )
     store = None
     if checkpoint is not None:
         where = os.fspath(checkpoint)
         if _shard.multi_process():
             where = os.path.join(where, f"process_{jax.process_index()}")
         store = Checkpoint(where, _fingerprint(ctx, lab, k_req))
-    done = store.restore() if store is not None else {}
-    todo = [m for m in model_names if m not in done]
-    per_call = ctx.plan.models_per_call
-    n_calls = _shard.agree_max(-(-len(todo) // per_call))  # every process makes every call
-    bar = _progress(progress, len(model_names), initial=len(model_names) - len(todo))
     try:
-        for call in range(n_calls):
-            batch = todo[call * per_call : (call + 1) * per_call]
-            # Read back at once: overlapping the next model's host BLAS with this
-            # call oversubscribes the cores (measured 10% slower on 2 cores).
-            rows = _shard.local_rows(_score_call(ctx, batch))
-            for j, name in enumerate(batch):
-                done[name] = {f: getattr(rows, f)[j] for f in _RAW_FIELDS}
-            if store is not None and batch:
-                store.save(done)
-            if bar is not None:
-                bar.update(len(batch))
+        done = _run(ctx, store, progress)
     finally:
-        if bar is not None:
-            bar.close()
         if store is not None:
             store.close()
     return _gather_and_finish(model_names, done, k_eff, k_req, lab)
 
 
-_RAW_FIELDS = tuple(f.name for f in dataclasses.fields(RawComponents))
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Context:
     """What every compiled call of one :func:`score_zoo` run shares."""
 
-    names: dict[str, Any]  # this process's models: name -> features
+    features: dict[str, Any]  # this process's models, in order
     k_eff: dict[str, int]
     dims: dict[str, int]
-    k: int  # zoo-wide (all processes) PCA width: the static shapes
+    k: int  # the zoo-wide (every process's) PCA width and feature width: static shapes
     d_max: int
     n: int
     dtype: np.dtype
@@ -438,7 +380,90 @@ class _Context:
     local_devices: list[jax.Device]
     rows: int
     layout: ClassLayout
-    plan: Plan | None
+    plan: Plan
+
+
+def _context(features, dims, k_eff, lab, dt, precision, strategy, devices, memory_limit, rows):
+    """The mesh, the shapes every process agrees on, and the memory plan; checks them."""
+    mesh = _shard.model_mesh(devices)
+    local_devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    if not local_devices:
+        raise ValueError("devices: none of them belongs to this process.")
+    if _shard.multi_process():
+        _shard.check_same("labels", _shard.digest(lab.codes))
+    k = _shard.agree_max(max(k_eff.values()))
+    d_max = _shard.agree_max(max(dims.values()))
+    plan = make_plan(
+        strategy,
+        device=local_devices[0],
+        n_local_devices=len(local_devices),
+        n_models=len(features),
+        n=lab.n_samples,
+        d_max=d_max,
+        k=k,
+        n_classes=lab.n_classes,
+        block=int(lab.counts.max()),
+        itemsize=dt.itemsize,
+        rows=rows,
+        memory_limit=memory_limit,
+        widest=max(dims, key=dims.get),
+    )
+    platform = local_devices[0].platform
+    if (
+        plan.strategy == "fused"
+        and platform == "cpu"
+        and mesh.devices.size > 1
+        and dt == np.float32
+    ):
+        raise ValueError(
+            "strategy='fused' on several CPU devices needs dtype=float64: in float32 its "
+            "eigensolver runs in host callbacks, which hang XLA:CPU when several CPU devices "
+            "run at once. Use strategy='streaming' (the CPU default)."
+        )
+    layout = _shard.replicate(class_layout(lab, dt), mesh)
+    return _Context(
+        features,
+        k_eff,
+        dims,
+        k,
+        d_max,
+        lab.n_samples,
+        dt,
+        precision,
+        mesh,
+        local_devices,
+        rows,
+        layout,
+        plan,
+    )
+
+
+def _run(ctx: _Context, store: Checkpoint | None, progress: bool) -> dict[str, dict[str, Any]]:
+    """Every local model's raw components, restoring and saving them through ``store``."""
+    done = store.restore() if store is not None else {}
+    todo = [m for m in ctx.features if m not in done]
+    per_call = ctx.plan.models_per_call
+    n_calls = _shard.agree_max(-(-len(todo) // per_call))  # every process makes every call
+    bar = _progress(progress, len(ctx.features), initial=len(ctx.features) - len(todo))
+    try:
+        for call in range(n_calls):
+            batch = todo[call * per_call : (call + 1) * per_call]
+            # Read back at once: overlapping the next model's host BLAS with this
+            # call oversubscribes the cores (measured 10% slower on 2 cores).
+            out = _shard.local_rows(_score_call(ctx, batch))
+            for j, name in enumerate(batch):
+                done[name] = {f: getattr(out, f)[j] for f in _RAW_FIELDS}
+            if store is not None and batch:
+                store.save(done)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+    return done
+
+
+_RAW_FIELDS = tuple(f.name for f in dataclasses.fields(RawComponents))
 
 
 def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
@@ -447,7 +472,7 @@ def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
     n_valid = np.array([ctx.k_eff[m] for m in batch] + [0] * pad, np.int32)
     opts = {"precision": ctx.precision, "platform": ctx.local_devices[0].platform, "mesh": ctx.mesh}
     if ctx.plan.strategy == "fused":
-        arrays = [ctx.names[m] for m in batch]
+        arrays = [ctx.features[m] for m in batch]
         x = stack_zoo(arrays, ctx.dtype, d_max=ctx.d_max, n_models=len(batch) + pad, n=ctx.n)
         cols = np.array([ctx.dims[m] for m in batch] + [0] * pad, np.int32)
         out = zoo_components(
@@ -466,12 +491,12 @@ def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
         for j, name in enumerate(batch):
             kj = ctx.k_eff[name]
             if ctx.local_devices[0].platform == "cpu":
-                zj, top = host_pca(name, ctx.names[name], kj, ctx.dtype, rows=ctx.rows)
+                zj, top = host_pca(name, ctx.features[name], kj, ctx.dtype, rows=ctx.rows)
             else:
                 device = ctx.local_devices[j % len(ctx.local_devices)]
                 zj, top = device_pca(
                     name,
-                    ctx.names[name],
+                    ctx.features[name],
                     kj,
                     ctx.dtype,
                     rows=ctx.rows,
@@ -491,7 +516,7 @@ def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
 
 def _fingerprint(ctx: _Context, labels: _validate.Labels, k_req: int) -> dict[str, Any]:
     return {
-        "models": {m: [ctx.n, ctx.dims[m]] for m in ctx.names},
+        "models": {m: [ctx.n, ctx.dims[m]] for m in ctx.features},
         "labels_sha256": _shard.digest(labels.codes).hex(),
         "n_components": k_req,
         "k": ctx.k,

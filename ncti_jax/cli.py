@@ -2,7 +2,8 @@
 
 ncti score PATH [--dataset NAME] [--out DIR] [--n-components K]
                 [--dtype float32|float64] [--precision highest|high|default]
-                [--models a,b,c]
+                [--models a,b,c] [--strategy auto|fused|streaming] [--chunk-rows N]
+                [--memory-limit BYTES] [--checkpoint DIR]
 ncti evaluate RESULTS --truth group1:cifar10|accuracies.csv [--all] [--bootstrap N]
 ncti plot RESULTS [--truth ...] [--out DIR]
 ncti bench --scenario NAME [--contenders jax,reference,authors] [--repeats N] [--quick] [--list]
@@ -61,6 +62,31 @@ def _parser() -> argparse.ArgumentParser:
         choices=("highest", "high", "default"),
         default="highest",
         help="matmul precision on accelerators (default: %(default)s, exact float32)",
+    )
+    score.add_argument(
+        "--strategy",
+        choices=("auto", "fused", "streaming"),
+        default="auto",
+        help="fused: whole models on the devices; streaming: PCA from row chunks, for models "
+        "larger than device memory (default: %(default)s, streaming on CPU)",
+    )
+    score.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="rows per chunk when streaming (default: %(default)s)",
+    )
+    score.add_argument(
+        "--memory-limit",
+        type=_bytes,
+        metavar="BYTES",
+        help="memory one device may use, e.g. 12GiB (default: what the device reports free)",
+    )
+    score.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="save finished models here; rerunning the same command resumes from them",
     )
     score.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     score.set_defaults(func=_score)
@@ -208,6 +234,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def _bytes(text: str) -> int:
+    """``"12GiB"``, ``"500MB"`` or a plain number of bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match and match.group(2).lower()
+    if not match or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 12GiB, 500MB, 1000000)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
 def _score(args: argparse.Namespace) -> int:
     import jax
 
@@ -230,6 +279,10 @@ def _score(args: argparse.Namespace) -> int:
         n_components=args.n_components,
         precision=args.precision,
         dtype=args.dtype,
+        strategy=args.strategy,
+        chunk_rows=args.chunk_rows,
+        memory_limit=args.memory_limit,
+        checkpoint=args.checkpoint,
         progress=not args.quiet,
     )
     elapsed = time.perf_counter() - start
@@ -238,6 +291,7 @@ def _score(args: argparse.Namespace) -> int:
         "n_components": args.n_components,
         "precision": args.precision,
         "dtype": args.dtype,
+        "strategy": args.strategy,
         "dataset": args.dataset,
         "source": str(args.path),
         "n_samples": int(n),

@@ -15,8 +15,8 @@ complete one. The JSON schema (``"schema": "ncti-jax/scores/v1"``) is::
     {
       "schema": "ncti-jax/scores/v1",
       "created": ISO 8601 time (UTC),
-      "settings": {"n_components", "precision", "dtype", "dataset", "source",
-                   "n_samples", "n_classes", "n_models"},
+      "settings": {"n_components", "precision", "dtype", "strategy", "dataset",
+                   "source", "n_samples", "n_classes", "n_models"},
       "versions": {"ncti_jax", "jax", "jaxlib", "numpy", "scipy", "python", "backend"},
       "models": [ one record per model, best first:
         {"model", "rank", "ncti", "etf", "ncc", "vc", "etf_norm", "ncc_norm",

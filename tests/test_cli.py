@@ -177,3 +177,27 @@ def test_float64_cli(tmp_path, zoo, capsys):
     got = {r["model"]: r["etf"] for r in doc["models"]}
     for i, name in enumerate(ref.models):
         assert got[name] == pytest.approx(ref.etf[i], rel=1e-9)
+
+
+def test_score_scaling_options_and_resume(tmp_path, zoo, capsys):
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    args = ["score", str(store), "--out", str(out), "--checkpoint", str(ckpt)]
+    assert cli.main([*args, "--strategy", "fused", "--memory-limit", "1GiB"]) == 0
+    check_outputs(out, feats, y, capsys)
+    first = io.read_results(out)["models"]
+    assert any(p.name.isdigit() for p in ckpt.iterdir())  # a saved step
+    assert cli.main([*args, "--strategy", "streaming", "--chunk-rows", "64"]) == 0
+    assert io.read_results(out)["models"] == first  # restored, not recomputed
+    with pytest.raises(SystemExit):
+        cli.main(["score", str(store), "--memory-limit", "lots"])
+    assert "not a size: 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("12GiB", 12 * 2**30), ("500MB", 500 * 10**6), ("1000", 1000), ("1.5kib", 1536)],
+)
+def test_memory_sizes(text, value):
+    assert cli._bytes(text) == value

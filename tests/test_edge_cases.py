@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ncti_jax
-from ncti_jax import Status, reference
+from ncti_jax import Status, _validate, reference
 
 import zoos
 
@@ -233,3 +233,11 @@ def test_integer_and_bool_features(zoo):
         {"ints": rng.integers(0, 50, (150, 10)), "bools": rng.random((150, 12)) > 0.5}, y
     )
     assert np.isfinite(result.ncti).all()
+
+
+def test_nonfinite_scan_is_exact_when_column_sums_overflow():
+    x = np.full((20, 3), 3e38, np.float32)  # finite, but every column sum overflows
+    assert _validate.count_nonfinite(x) == 0
+    x[4, 1] = np.nan
+    x[7, 2] = -np.inf
+    assert _validate.count_nonfinite(x) == 2
