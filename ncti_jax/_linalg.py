@@ -1,6 +1,6 @@
 """The dense linear algebra the kernels use, safe to vmap on every backend.
 
-On XLA:CPU (jaxlib 0.10), a *batched* LAPACK call (eigh, cholesky, triangular
+On XLA:CPU (jaxlib 0.10), a *batched* LAPACK call (eigh, svd, cholesky, triangular
 solve) fans its batch out over the intra-op thread pool and blocks a pool thread
 until the batch is done. Two such calls in flight at once, or one inside a
 matmul's completion callback, can hold every pool thread while waiting for the
@@ -52,7 +52,13 @@ def _upper_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     return _solve_triangular(a, b, lower=False)
 
 
-_LOOPED = {f: sequential_vmap(f) for f in (_eigh, _cholesky, _lower_solve, _upper_solve)}
+def _singular_values(a: jax.Array) -> jax.Array:
+    return jnp.linalg.svd(a, compute_uv=False)
+
+
+_LOOPED = {
+    f: sequential_vmap(f) for f in (_eigh, _cholesky, _lower_solve, _upper_solve, _singular_values)
+}
 
 
 def _pick(f):
@@ -62,6 +68,11 @@ def _pick(f):
 def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix."""
     return _pick(_eigh)(a)
+
+
+def singular_values(a: jax.Array) -> jax.Array:
+    """Singular values of a matrix, decreasing (a direct SVD: accurate to ``eps * s_max``)."""
+    return _pick(_singular_values)(a)
 
 
 def cholesky(a: jax.Array) -> jax.Array:

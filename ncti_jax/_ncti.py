@@ -1,4 +1,4 @@
-"""NCTI: the three components of one model, vmapped over the zoo, and the zoo score."""
+"""NCTI of one model, vmapped over blocks of models split over devices, and the zoo score."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 from . import _shard, _validate
 from ._checkpoint import Checkpoint
 from ._lda import ClassStats, lda_eigen, lda_svd
-from ._linalg import target_platform
+from ._linalg import singular_values, target_platform
 from ._nuclear import nuclear_norm
 from ._pad import ClassLayout, class_layout, stack_zoo
 from ._pca import mask_components, pca_project
@@ -183,7 +183,14 @@ def _components(
     ncc = jnp.mean(jnp.exp(jnp.take_along_axis(log_p, layout.codes[:, None], axis=1)))
     probs = jnp.exp(log_p)
     blocks = jnp.where(layout.block_mask[..., None], probs[layout.block_index], 0.0)
-    vc = jnp.log(jnp.sum(jax.vmap(nuclear_norm)(blocks)))
+    if blocks.shape[1] < c:
+        # Many classes of few samples: the (B, C) blocks are wide, zero-padded and nearly rank
+        # deficient, and the Gram route of nuclear_norm over-counted vc by 1.1e-4 (C = 397,
+        # N = 20000). A direct SVD per class is exact there (5e-8), at 0.25 s per model on CPU.
+        norms = jnp.sum(jax.vmap(singular_values)(blocks), axis=1)
+    else:
+        norms = jax.vmap(nuclear_norm)(blocks)
+    vc = jnp.log(jnp.sum(norms))
     return jnp.stack([etf, ncc, vc]), pca_rank, shrinkage, use_eigen
 
 

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._stream import RowChunks
+
 _PRECISIONS = {
     "default": "default",
     "high": "high",
@@ -146,12 +148,7 @@ def check_feature_array(name: str, x: Any, n_samples: int) -> tuple[int, int]:
 
 
 def count_nonfinite(x: Any) -> int:
-    """Number of NaN/inf entries, scanning host arrays in row chunks.
-
-    Row-chunk sources (:class:`ncti_jax.RowChunks`) are checked as they are read.
-    """
-    if not hasattr(x, "__getitem__"):
-        return 0
+    """Number of NaN/inf entries, scanning host arrays in row chunks."""
     if isinstance(x, jax.Array):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             return 0
@@ -211,6 +208,8 @@ def check_features(
         raise ValueError(f"model names must be unique; repeated: {dup}.")
     for name, x in zip(model_names, arrays, strict=True):
         check_feature_array(name, x, n_samples)
+        if isinstance(x, RowChunks):
+            continue  # checked chunk by chunk as they are read
         bad = count_nonfinite(x)
         if bad:
             raise ValueError(f"model {name!r}: features contain {bad} NaN or infinite value(s).")

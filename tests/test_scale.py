@@ -165,7 +165,8 @@ def test_chunked_model_axis_equals_unchunked(small_zoo):
     whole = ncti_jax.score_zoo(feats, y, strategy="fused")
     per_model = _plan.fused_bytes(1500, 96, 64, 6, 400, 4)
     chunked = ncti_jax.score_zoo(feats, y, strategy="fused", memory_limit=2 * per_model + 1)
-    assert_same(chunked, whole, rtol=1e-6)
+    # Another batch size compiles to another schedule: float32 rounding differs (seen: 2.7e-6).
+    assert_same(chunked, whole, rtol=1e-5)
     with pytest.raises(MemoryError, match="model 'model_2_d96'"):
         ncti_jax.score_zoo(feats, y, strategy="fused", memory_limit=1000)
 
