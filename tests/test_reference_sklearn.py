@@ -1,7 +1,8 @@
 """The NumPy reference against the authors' pipeline built from scikit-learn.
 
-scikit-learn's exact PCA (``svd_solver="full"``) and LinearDiscriminantAnalysis,
-composed as the spec describes; float64; components agree to 1e-7 relative.
+The authors' scikit-learn pipeline (``benchmarks.authors``, shared with the
+benchmarks) with an exact PCA (``svd_solver="full"``); float64; components agree
+to 1e-7 relative.
 """
 
 from __future__ import annotations
@@ -13,32 +14,17 @@ from ncti_jax import reference
 
 import zoos
 
-sklearn = pytest.importorskip("sklearn")
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # noqa: E402
+pytest.importorskip("sklearn")
+from benchmarks import authors  # the authors' pipeline, as the benchmarks run it
 
 RTOL = 1e-7
 
 
 def sklearn_components(x, y, n_components=64):
-    """NCTI's three components the way the authors compute them (exact PCA)."""
-    x = np.asarray(x, np.float64)
+    """NCTI's three components the way the authors compute them, with an exact PCA."""
     k = min(n_components, x.shape[0] - 1, x.shape[1])
-    pca = PCA(n_components=k, svd_solver="full")
-    z = pca.fit_transform(x)
-    shrinkage = max(np.exp(-np.sum(pca.explained_variance_[:32])), 1e-10)
-    if shrinkage == 1e-10:
-        lda = LinearDiscriminantAnalysis(solver="svd")
-    else:
-        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=float(shrinkage))
-    low = lda.fit_transform(z, y)
-    low = low - low.mean(axis=0, keepdims=True)
-    etf = np.linalg.norm(low, ord="nuc")
-    probs = lda.predict_proba(z)
-    idx = np.searchsorted(lda.classes_, y)
-    ncc = probs[np.arange(len(y)), idx].mean()
-    vc = np.log(sum(np.linalg.norm(probs[y == c], ord="nuc") for c in lda.classes_))
-    return np.array([etf, ncc, vc]), ("svd" if shrinkage == 1e-10 else "eigen")
+    comps = authors.model_components(x, y, k, svd_solver="full")
+    return np.array([comps["etf"], comps["ncc"], comps["vc"]]), comps["lda_solver"]
 
 
 def scaled_to(x, top32_variance):
