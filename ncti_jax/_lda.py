@@ -101,6 +101,11 @@ def lda_eigen(
     sb = sb - off
 
     chol = cholesky(sw)
+    # A tiny shrinkage of a singular Sw (fewer residual degrees of freedom than k) leaves it
+    # positive definite only below this dtype's rounding: the factorisation breaks down (NaN).
+    # Then Sw gets a ridge at the rounding level, the least that makes the problem solvable.
+    ridge = 16 * jnp.finfo(z.dtype).eps * jnp.max(jnp.diag(sw))
+    chol = jnp.where(jnp.isfinite(chol).all(), chol, cholesky(sw + ridge * eye))
     a = solve_triangular(chol, solve_triangular(chol, sb, lower=True).T, lower=True)
     _, u = eigh(a)
     evecs = solve_triangular(chol.T, u[:, ::-1], lower=False)  # descending eigenvalue
