@@ -411,7 +411,6 @@ def _context(features, dims, k_eff, lab, dt, precision, strategy, devices, memor
         n_classes=lab.n_classes,
         block=int(lab.counts.max()),
         itemsize=dt.itemsize,
-        rows=rows,
         memory_limit=memory_limit,
         widest=max(dims, key=dims.get),
     )

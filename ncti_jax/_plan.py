@@ -37,14 +37,10 @@ class Plan:
       strategy: ``"fused"`` or ``"streaming"``.
       models_per_call: models this process sends per compiled call (a multiple of
         its device count; the last call is padded with dummy models).
-      bytes_per_model: the device memory one model needs in that strategy.
-      budget: device memory available per device, in bytes (None: unknown).
     """
 
     strategy: str
     models_per_call: int
-    bytes_per_model: int
-    budget: int | None
 
 
 def fused_bytes(n: int, d: int, k: int, n_classes: int, block: int, itemsize: int) -> int:
@@ -55,13 +51,6 @@ def fused_bytes(n: int, d: int, k: int, n_classes: int, block: int, itemsize: in
     """
     gram = min(n, d) ** 2
     return itemsize * (2 * n * d + 3 * gram) + stage2_bytes(n, k, n_classes, block, itemsize)
-
-
-def streaming_bytes(
-    n: int, d: int, k: int, n_classes: int, block: int, itemsize: int, rows: int
-) -> int:
-    """Peak device bytes of one model streamed in chunks of ``rows`` rows."""
-    return itemsize * (2 * rows * d + 3 * d * d) + stage2_bytes(n, k, n_classes, block, itemsize)
 
 
 def stage2_bytes(n: int, k: int, n_classes: int, block: int, itemsize: int) -> int:
@@ -101,7 +90,6 @@ def make_plan(
     n_classes: int,
     block: int,
     itemsize: int,
-    rows: int,
     memory_limit: int | None,
     widest: str,
 ) -> Plan:
@@ -124,12 +112,8 @@ def make_plan(
             "available; use strategy='streaming', which holds one chunk of rows at a time."
         )
     per_device = -(-max(n_models, 1) // n_local_devices)  # ceil: every model in one call
-    if strategy == "fused":
-        per_model = fused
-        if budget is not None:
-            per_device = max(1, min(per_device, budget // fused))
-    else:
-        # One model per device per call: each model's PCA is streamed on its own anyway.
-        per_model = streaming_bytes(n, d_max, k, n_classes, block, itemsize, rows)
-        per_device = 1
-    return Plan(strategy, per_device * n_local_devices, per_model, budget)
+    if strategy == "fused" and budget is not None:
+        per_device = max(1, min(per_device, budget // fused))
+    elif strategy == "streaming":
+        per_device = 1  # one model per device per call: each model's PCA is streamed on its own
+    return Plan(strategy, per_device * n_local_devices)

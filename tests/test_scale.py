@@ -123,7 +123,7 @@ def test_row_chunks_errors_name_the_model(rng):
 
 
 def test_plan_chunks_the_model_axis():
-    args = dict(n=50000, d_max=2048, k=64, n_classes=100, block=500, itemsize=4, rows=4096)
+    args = dict(n=50000, d_max=2048, k=64, n_classes=100, block=500, itemsize=4)
     per_model = _plan.fused_bytes(50000, 2048, 64, 100, 500, 4)
     cpu = jax.devices("cpu")[0]
     plan = _plan.make_plan(
