@@ -78,27 +78,38 @@ def lda_svd(z: jax.Array, stats: ClassStats, n_out: jax.Array) -> tuple[jax.Arra
 def lda_eigen(
     z: jax.Array, mask: jax.Array, stats: ClassStats, n_out: jax.Array, shrinkage: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """scikit-learn's ``solver="eigen"`` with a fixed ``shrinkage``.
+    """scikit-learn's ``solver="eigen"`` with a fixed ``shrinkage`` ``t``.
+
+    scikit-learn solves ``Sb v = w Sw v`` with ``Sb = St - Sw`` and shrunk
+    covariances ``(1 - t) cov + t (trace(cov) / k) I``. Shifting ``Sb`` by a
+    multiple of ``Sw`` changes no eigenvector and keeps their order; with the
+    shift ``(mu_t / mu_w - 1) Sw`` (``mu`` = trace / k) the isotropic parts cancel
+    exactly and ``Sb - shift = (1 - t) M``, ``M = cov_t - (mu_t / mu_w) cov_w``.
+    Solving with ``M`` keeps the eigenvectors accurate as ``t -> 1``, where ``Sb``
+    tends to a multiple of ``Sw`` and ``eigh(Sb, Sw)`` loses them to rounding (and
+    at ``t == 1`` returns an arbitrary basis). The reference solves the same form.
 
     The prior-weighted sum of per-class biased covariances equals the covariance
     of the within-class residuals, so no per-class loop is needed. Masked
-    columns get ``Sw = 1`` and ``Sb = -1`` on the diagonal: a generalised
-    eigenvalue of -1 that sorts after every real one and a zero transform column.
+    columns get ``Sw = 1`` and a diagonal of ``M`` below every real generalised
+    eigenvalue: they sort last and give zero transform columns.
     """
     n, k = z.shape
     n_valid = jnp.maximum(jnp.sum(mask), 1)
     eye = jnp.diag(mask.astype(z.dtype))
-
-    def shrunk(cov):
-        return (1.0 - shrinkage) * cov + shrinkage * (jnp.trace(cov) / n_valid) * eye
+    off = jnp.diag((~mask).astype(z.dtype))
 
     centred = z - jnp.mean(z, axis=0)
-    sw = shrunk(stats.within.T @ stats.within / n)
-    st = shrunk(centred.T @ centred / n)
-    sb = st - sw
-    off = jnp.diag((~mask).astype(z.dtype))
-    sw = sw + off
-    sb = sb - off
+    cov_w = stats.within.T @ stats.within / n
+    cov_t = centred.T @ centred / n
+    mu_w = jnp.trace(cov_w) / n_valid
+    mu_t = jnp.trace(cov_t) / n_valid
+    sw = (1.0 - shrinkage) * cov_w + shrinkage * mu_w * eye + off
+    m = cov_t - (mu_t / jnp.where(mu_w > 0, mu_w, 1.0)) * cov_w
+    m = m / jnp.maximum(jnp.linalg.norm(m), jnp.finfo(z.dtype).tiny)
+    # |generalised eigenvalue| <= ||m||_2 / lambda_min(Sw) <= 1 / (t mu_w) on the real block.
+    bound = 1.0 + 2.0 / jnp.maximum(shrinkage * mu_w, jnp.finfo(z.dtype).eps)
+    m = m - bound * off
 
     chol = cholesky(sw)
     # A tiny shrinkage of a singular Sw (fewer residual degrees of freedom than k) leaves it
@@ -106,7 +117,7 @@ def lda_eigen(
     # Then Sw gets a ridge at the rounding level, the least that makes the problem solvable.
     ridge = 16 * jnp.finfo(z.dtype).eps * jnp.max(jnp.diag(sw))
     chol = jnp.where(jnp.isfinite(chol).all(), chol, cholesky(sw + ridge * eye))
-    a = solve_triangular(chol, solve_triangular(chol, sb, lower=True).T, lower=True)
+    a = solve_triangular(chol, solve_triangular(chol, m, lower=True).T, lower=True)
     _, u = eigh(a)
     evecs = solve_triangular(chol.T, u[:, ::-1], lower=False)  # descending eigenvalue
 

@@ -24,16 +24,30 @@ from jax.custom_batching import sequential_vmap
 from jax.scipy.linalg import solve_triangular as _solve_triangular
 
 _ON_CPU = contextvars.ContextVar("ncti_linalg_on_cpu", default=False)
+_HOST_SOLVE = contextvars.ContextVar("ncti_linalg_host_solve", default=False)
 
 
 @contextlib.contextmanager
-def target_platform(platform: str) -> Iterator[None]:
-    """Traces the kernels inside this context for ``platform`` ("cpu", "gpu", "tpu")."""
-    token = _ON_CPU.set(platform == "cpu")
+def target_platform(platform: str, *, host_solve: bool | None = None) -> Iterator[None]:
+    """Traces the kernels inside this context for ``platform`` ("cpu", "gpu", "tpu").
+
+    ``host_solve`` (default: on CPU) solves float32 top-k eigenproblems in float64 on
+    the host; ``False`` on CPU traces the accelerators' numerics (float32 ``eigh`` in
+    the graph) with the CPU's looped linear algebra, so the device code path can be
+    tested without a device.
+    """
+    on_cpu = platform == "cpu"
+    tokens = (_ON_CPU.set(on_cpu), _HOST_SOLVE.set(on_cpu if host_solve is None else host_solve))
     try:
         yield
     finally:
-        _ON_CPU.reset(token)
+        _ON_CPU.reset(tokens[0])
+        _HOST_SOLVE.reset(tokens[1])
+
+
+def solves_in_float64() -> bool:
+    """Whether :func:`top_eigh` and :func:`covariance_top_eigh` solve in float64 (on CPU)."""
+    return _HOST_SOLVE.get()
 
 
 def _eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -103,7 +117,7 @@ def top_eigh(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     On CPU a float32 problem is solved in float64 on the host (see the module
     notes); otherwise with the backend's ``eigh`` in ``g``'s dtype.
     """
-    if not _ON_CPU.get() or g.dtype == jnp.float64:
+    if not _HOST_SOLVE.get() or g.dtype == jnp.float64:
         # float64 needs no help. (It also cannot go through the callback: x64 is
         # thread-local and XLA runs callbacks on its own threads, which would
         # see float32.)
@@ -131,7 +145,7 @@ def covariance_top_eigh(xc: jax.Array, n_cols: jax.Array, k: int) -> tuple[jax.A
     and solved in float64 as in :func:`top_eigh`; padded columns cost nothing.
     Elsewhere, and in float64, the Gram is an XLA matmul.
     """
-    if not _ON_CPU.get() or xc.dtype == jnp.float64:
+    if not _HOST_SOLVE.get() or xc.dtype == jnp.float64:
         return top_eigh(xc.T @ xc, k)
     d = xc.shape[1]
     dtype = np.dtype(xc.dtype)

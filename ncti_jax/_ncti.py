@@ -41,7 +41,7 @@ class Status(enum.IntFlag):
     NO_VARIANCE = 4  # constant features: no direction with variance; LDA reduces to the priors
     SINGLETON_CLASS = 8  # a class has a single sample (zoo-wide)
     CONSTANT_COMPONENT = 16  # a component is equal across the zoo and normalises to 0
-    NON_FINITE = 32  # a raw component came out NaN or infinite; the score is NaN
+    NON_FINITE = 32  # a raw component is undefined (NaN or infinite): the model is unranked
 
 
 @jax.tree_util.register_dataclass
@@ -74,7 +74,8 @@ class NCTIResult:
       etf_norm, ncc_norm, vc_norm: the components min-max normalised over the zoo
         (0 for a component that is the same for every model).
       ncti: ``etf_norm + ncc_norm - vc_norm``; higher is better.
-      ranking: model indices, best first (``models[ranking[0]]`` is the pick).
+      ranking: model indices, best first (``models[ranking[0]]`` is the pick);
+        unranked models (``Status.NON_FINITE``, score NaN) come last.
       solver: 0 where LDA used the svd solver, 1 where the shrinkage-eigen solver.
       shrinkage: the shrinkage rule's ``t = max(exp(-sum of top-32 variances), 1e-10)``.
       n_components: principal directions kept (``min(k, N - 1, D)``, fewer when
@@ -100,28 +101,43 @@ class NCTIResult:
         """The name of the best-ranked model."""
         return self.models[int(self.ranking[0])]
 
+    def ranked(self) -> np.ndarray:
+        """(M,) bool: the models with a score (the others are flagged ``NON_FINITE``)."""
+        return np.isfinite(self.ncti)
+
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict of plain Python values per model, best first."""
+        """One dict of plain Python values per model, best first.
+
+        Unranked models come last with ``rank`` and ``ncti`` None, as are any raw or
+        normalised components that are undefined: the records hold no NaN or
+        infinity, so their JSON is strict.
+        """
         records = []
+        ranked = self.ranked()
         for rank, i in enumerate(np.asarray(self.ranking).tolist(), start=1):
             records.append(
                 {
                     "model": self.models[i],
-                    "rank": rank,
-                    "ncti": float(self.ncti[i]),
-                    "etf": float(self.etf[i]),
-                    "ncc": float(self.ncc[i]),
-                    "vc": float(self.vc[i]),
-                    "etf_norm": float(self.etf_norm[i]),
-                    "ncc_norm": float(self.ncc_norm[i]),
-                    "vc_norm": float(self.vc_norm[i]),
+                    "rank": rank if ranked[i] else None,
+                    "ncti": _finite_or_none(self.ncti[i]),
+                    "etf": _finite_or_none(self.etf[i]),
+                    "ncc": _finite_or_none(self.ncc[i]),
+                    "vc": _finite_or_none(self.vc[i]),
+                    "etf_norm": _finite_or_none(self.etf_norm[i]),
+                    "ncc_norm": _finite_or_none(self.ncc_norm[i]),
+                    "vc_norm": _finite_or_none(self.vc_norm[i]),
                     "solver": "eigen" if int(self.solver[i]) else "svd",
-                    "shrinkage": float(self.shrinkage[i]),
+                    "shrinkage": _finite_or_none(self.shrinkage[i]),
                     "n_components": int(self.n_components[i]),
                     "status": [f.name for f in Status if f and int(self.status[i]) & f],
                 }
             )
         return records
+
+
+def _finite_or_none(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def model_components(
@@ -146,27 +162,42 @@ def model_components(
 def projected_components(
     z: jax.Array,
     evals: jax.Array,
-    mean_sq: jax.Array,
+    scale: jax.Array,
+    floors: jax.Array,
     n_valid_components: jax.Array,
     layout: ClassLayout,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """:func:`model_components` from a PCA done elsewhere (:mod:`ncti_jax._stream`).
 
     Args:
-      z: (N, k) centred features projected on their top-``k`` principal directions.
+      z: (N, k) centred features divided by ``scale``, projected on their top-``k``
+        principal directions.
       evals: (k,) the matching eigenvalues of the centred scatter, decreasing.
-      mean_sq: scalar, the largest squared feature mean.
+      scale: scalar, the power of two the features were divided by.
+      floors: (k,) the rounding level of each eigenvalue (:func:`ncti_jax._pca.rounding_floors`).
       n_valid_components: scalar ``min(k, N - 1, D_model)``; columns beyond it are ignored.
       layout: the labels' device arrays.
     """
-    return _components(*mask_components(z, evals, mean_sq, n_valid_components), layout)
+    return _components(
+        *mask_components(z, evals, floors, n_valid_components), scale, layout
+    )
+
+
+def shrinkage_rule(variances: jax.Array, scale: jax.Array) -> jax.Array:
+    """The authors' ``t = max(exp(-sum of the top-32 variances), 1e-10)``.
+
+    ``variances`` are those of the features divided by ``scale``; the product is
+    taken in an order that neither overflows nor underflows before it must.
+    """
+    top = jnp.sum(variances[:SHRINKAGE_TOP]) * scale * scale
+    return jnp.maximum(jnp.exp(-top), SHRINKAGE_FLOOR)
 
 
 def _components(
-    z: jax.Array, variances: jax.Array, mask: jax.Array, layout: ClassLayout
+    z: jax.Array, variances: jax.Array, mask: jax.Array, scale: jax.Array, layout: ClassLayout
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     c = layout.counts.shape[0]
-    shrinkage = jnp.maximum(jnp.exp(-jnp.sum(variances[:SHRINKAGE_TOP])), SHRINKAGE_FLOOR)
+    shrinkage = shrinkage_rule(variances, scale)
     # Compare with the floor as rounded to this dtype, as the authors' code does in float64.
     use_eigen = shrinkage > jnp.asarray(SHRINKAGE_FLOOR, z.dtype)
 
@@ -181,20 +212,42 @@ def _components(
     etf = nuclear_norm(projection - jnp.mean(projection, axis=0))
     log_p = jax.nn.log_softmax(decision, axis=1)
     ncc = jnp.mean(jnp.exp(jnp.take_along_axis(log_p, layout.codes[:, None], axis=1)))
-    probs = jnp.exp(log_p)
-    blocks = jnp.where(layout.block_mask[..., None], probs[layout.block_index], 0.0)
-    if blocks.shape[1] < c:
-        # Many classes of few samples: the (B, C) blocks are wide, zero-padded and nearly rank
-        # deficient, and the Gram route of nuclear_norm over-counted vc by 1.1e-4 (C = 397,
-        # N = 20000). A direct SVD per class is exact there (5e-8), at 0.25 s per model on CPU.
-        norms = jnp.sum(jax.vmap(singular_values)(blocks), axis=1)
-    else:
-        norms = jax.vmap(nuclear_norm)(blocks)
-    vc = jnp.log(jnp.sum(norms))
+    vc = jnp.log(class_nuclear_norms(log_p, layout))
     return jnp.stack([etf, ncc, vc]), pca_rank, shrinkage, use_eigen
 
 
-@functools.partial(jax.jit, static_argnames=("k", "precision", "platform", "mesh"))
+def class_nuclear_norms(log_p: jax.Array, layout: ClassLayout) -> jax.Array:
+    """``sum_c ||P[y == c]||_*`` from the (N, C) log-probabilities.
+
+    Probabilities below ``eps**2`` are set to zero first: together they move the
+    sum by less than ``N * sqrt(C) * eps**2``, far below rounding, and they are
+    what made float32 eigensolvers return NaN (entries down to 1e-38, squares
+    and products subnormal). Classes are taken bucket by bucket
+    (:class:`ncti_jax._pad.ClassLayout`): one row is its own norm; a block of
+    fewer rows than classes goes through a direct SVD (the Gram route
+    over-counted nearly rank-deficient wide blocks by 1e-4); a tall one through
+    its C x C Gram.
+    """
+    c = log_p.shape[1]
+    probs = jnp.exp(log_p)
+    probs = jnp.where(probs < jnp.finfo(probs.dtype).eps ** 2, 0.0, probs)
+    total = jnp.zeros((), probs.dtype)
+    for bucket in layout.buckets:
+        rows = bucket.index.shape[1]
+        blocks = jnp.where(bucket.mask[..., None], probs[bucket.index], 0.0)
+        if rows == 1:
+            norms = jnp.linalg.norm(blocks[:, 0], axis=1)
+        elif rows < c:
+            norms = jnp.sum(jax.vmap(singular_values)(blocks), axis=1)
+        else:
+            norms = jax.vmap(nuclear_norm)(blocks)
+        total = total + jnp.sum(norms)
+    return total
+
+
+@functools.partial(
+    jax.jit, static_argnames=("k", "precision", "platform", "host_solve", "mesh")
+)
 def zoo_components(
     x: jax.Array,
     n_valid_components: jax.Array,
@@ -204,40 +257,48 @@ def zoo_components(
     k: int,
     precision: str,
     platform: str,
+    host_solve: bool | None = None,
     mesh: Mesh | None = None,
 ) -> RawComponents:
     """:func:`model_components` vmapped over the model axis of ``x`` (M, N, D).
 
     ``platform`` is the backend ``x`` lives on: the linear algebra is traced for
-    it (see :mod:`ncti_jax._linalg`). With a ``mesh``, the model axis is split
-    over its devices (M a multiple of their count).
+    it, and ``host_solve`` says where the PCA's eigenproblems are solved (see
+    :func:`ncti_jax._linalg.target_platform`). With a ``mesh``, the model axis is
+    split over its devices (M a multiple of their count).
     """
     kernel = jax.vmap(functools.partial(model_components, k=k), in_axes=(0, 0, 0, None))
-    return _run_models(kernel, (x, n_valid_components, n_cols), layout, precision, platform, mesh)
+    return _run_models(
+        kernel, (x, n_valid_components, n_cols), layout, precision, platform, host_solve, mesh
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("precision", "platform", "mesh"))
+@functools.partial(jax.jit, static_argnames=("precision", "platform", "host_solve", "mesh"))
 def zoo_projected_components(
     z: jax.Array,
     evals: jax.Array,
-    mean_sq: jax.Array,
+    scale: jax.Array,
+    floors: jax.Array,
     n_valid_components: jax.Array,
     layout: ClassLayout,
     *,
     precision: str,
     platform: str,
+    host_solve: bool | None = None,
     mesh: Mesh | None = None,
 ) -> RawComponents:
     """:func:`projected_components` vmapped over the model axis of ``z`` (M, N, k)."""
-    kernel = jax.vmap(projected_components, in_axes=(0, 0, 0, 0, None))
-    return _run_models(
-        kernel, (z, evals, mean_sq, n_valid_components), layout, precision, platform, mesh
-    )
+    kernel = jax.vmap(projected_components, in_axes=(0, 0, 0, 0, 0, None))
+    per_model = (z, evals, scale, floors, n_valid_components)
+    return _run_models(kernel, per_model, layout, precision, platform, host_solve, mesh)
 
 
-def _run_models(kernel, per_model, layout, precision, platform, mesh) -> RawComponents:
+def _run_models(kernel, per_model, layout, precision, platform, host_solve, mesh):
     def local(*args):
-        with jax.default_matmul_precision(precision), target_platform(platform):
+        with (
+            jax.default_matmul_precision(precision),
+            target_platform(platform, host_solve=host_solve),
+        ):
             return RawComponents(*kernel(*args))
 
     if mesh is None:
@@ -409,7 +470,6 @@ def _context(features, dims, k_eff, lab, dt, precision, strategy, devices, memor
         d_max=d_max,
         k=k,
         n_classes=lab.n_classes,
-        block=int(lab.counts.max()),
         itemsize=dt.itemsize,
         memory_limit=memory_limit,
         widest=max(dims, key=dims.get),
@@ -417,7 +477,7 @@ def _context(features, dims, k_eff, lab, dt, precision, strategy, devices, memor
     platform = local_devices[0].platform
     if (
         plan.strategy == "fused"
-        and platform == "cpu"
+        and plan.host_solve
         and mesh.devices.size > 1
         and dt == np.float32
     ):
@@ -476,7 +536,12 @@ def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
     """Dispatches one compiled call on ``batch``, padded with dummy models."""
     pad = ctx.plan.models_per_call - len(batch)
     n_valid = np.array([ctx.k_eff[m] for m in batch] + [0] * pad, np.int32)
-    opts = {"precision": ctx.precision, "platform": ctx.local_devices[0].platform, "mesh": ctx.mesh}
+    opts = {
+        "precision": ctx.precision,
+        "platform": ctx.local_devices[0].platform,
+        "host_solve": ctx.plan.host_solve,
+        "mesh": ctx.mesh,
+    }
     if ctx.plan.strategy == "fused":
         arrays = [ctx.features[m] for m in batch]
         x = stack_zoo(arrays, ctx.dtype, d_max=ctx.d_max, n_models=len(batch) + pad, n=ctx.n)
@@ -493,10 +558,11 @@ def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
         m_all = len(batch) + pad
         z = np.zeros((m_all, ctx.n, ctx.k), ctx.dtype)
         evals = np.zeros((m_all, ctx.k), ctx.dtype)
-        mean_sq = np.zeros(m_all, ctx.dtype)
+        scale = np.ones(m_all, ctx.dtype)
+        floors = np.ones((m_all, ctx.k), ctx.dtype)  # dummies: nothing above the floor
         for j, name in enumerate(batch):
             kj = ctx.k_eff[name]
-            if ctx.local_devices[0].platform == "cpu":
+            if ctx.plan.host_solve:
                 zj, top = host_pca(name, ctx.features[name], kj, ctx.dtype, rows=ctx.rows)
             else:
                 device = ctx.local_devices[j % len(ctx.local_devices)]
@@ -511,9 +577,10 @@ def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
                 )
             z[j, :, :kj] = np.asarray(zj)
             evals[j, :kj] = np.asarray(top.evals)
-            mean_sq[j] = top.mean_sq
+            scale[j] = top.scale
+            floors[j, :kj] = np.asarray(top.floors)
         out = zoo_projected_components(
-            *(_shard.put_models(a, ctx.mesh) for a in (z, evals, mean_sq, n_valid)),
+            *(_shard.put_models(a, ctx.mesh) for a in (z, evals, scale, floors, n_valid)),
             ctx.layout,
             **opts,
         )
@@ -617,7 +684,8 @@ def _finish(
             )
         if s & Status.NON_FINITE:
             warnings.warn(
-                f"model {name!r}: a raw component is not finite; its NCTI is NaN.",
+                f"model {name!r} is unranked: a raw component is undefined (NaN or infinite); "
+                "it is left out of the zoo's normalisation.",
                 UserWarning,
                 stacklevel=4,
             )

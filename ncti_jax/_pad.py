@@ -53,34 +53,58 @@ def stack_zoo(
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class ClassBucket:
+    """Classes of similar size, their sample indices padded to the largest of them.
+
+    Attributes:
+      index: (G, B) sample indices of each of the bucket's G classes, padded with 0.
+      mask: (G, B) which entries of ``index`` are real samples.
+    """
+
+    index: jax.Array
+    mask: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class ClassLayout:
     """Device-side label arrays shared by every model.
 
     Attributes:
       codes: (N,) int32 class of each sample.
       counts: (C,) samples per class, in the computation dtype.
-      block_index: (C, B) sample indices of each class, padded with 0 where
-        ``block_mask`` is False; B is the largest class size.
-      block_mask: (C, B) which entries of ``block_index`` are real samples.
+      buckets: the classes grouped by size (sizes in ``(2**(j-1), 2**j]``), each
+        padded to its own largest class: the per-class blocks of all buckets hold
+        at most 2 N rows, whatever the class sizes (one head class and a long tail
+        of singletons no longer pad every class to the head's size).
     """
 
     codes: jax.Array
     counts: jax.Array
-    block_index: jax.Array
-    block_mask: jax.Array
+    buckets: tuple[ClassBucket, ...]
+
+
+def size_buckets(counts: np.ndarray) -> list[np.ndarray]:
+    """Class indices grouped by ``ceil(log2(count))``, smallest classes first."""
+    groups = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    return [np.flatnonzero(groups == g) for g in np.unique(groups)]
 
 
 def class_layout(labels: Labels, dtype: np.dtype) -> ClassLayout:
     order = np.argsort(labels.codes, kind="stable")
     counts = labels.counts
-    b = int(counts.max())
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(b)[None, :]
-    mask = pos < counts[:, None]
-    index = np.where(mask, order[np.minimum(starts[:, None] + pos, len(order) - 1)], 0)
+    buckets = []
+    for classes in size_buckets(counts):
+        b = int(counts[classes].max())
+        pos = np.arange(b)[None, :]
+        mask = pos < counts[classes, None]
+        index = np.where(mask, order[np.minimum(starts[classes, None] + pos, len(order) - 1)], 0)
+        buckets.append(
+            ClassBucket(jnp.asarray(index, dtype=jnp.int32), jnp.asarray(mask))
+        )
     return ClassLayout(
         codes=jnp.asarray(labels.codes, dtype=jnp.int32),
         counts=jnp.asarray(counts, dtype=dtype),
-        block_index=jnp.asarray(index, dtype=jnp.int32),
-        block_mask=jnp.asarray(mask),
+        buckets=tuple(buckets),
     )

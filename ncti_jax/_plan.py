@@ -16,8 +16,11 @@ Two strategies compute the same thing:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Literal
 
 import jax
@@ -28,6 +31,24 @@ STRATEGIES = ("auto", "fused", "streaming")
 # Share of the free device memory a plan may fill (XLA needs headroom for its own buffers).
 _HEADROOM = 0.8
 
+_DEVICE_NUMERICS = contextvars.ContextVar("ncti_device_numerics", default=False)
+
+
+@contextlib.contextmanager
+def device_numerics() -> Iterator[None]:
+    """Plans runs inside this context as on an accelerator, whatever the device.
+
+    On CPU this runs the accelerator code path (jitted streaming PCA, float32
+    ``eigh`` inside the kernel, no host callbacks) with the CPU's looped linear
+    algebra: how the tests and the accuracy benchmarks check the device path
+    without a device.
+    """
+    token = _DEVICE_NUMERICS.set(True)
+    try:
+        yield
+    finally:
+        _DEVICE_NUMERICS.reset(token)
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -37,26 +58,30 @@ class Plan:
       strategy: ``"fused"`` or ``"streaming"``.
       models_per_call: models this process sends per compiled call (a multiple of
         its device count; the last call is padded with dummy models).
+      host_solve: the PCA's eigenproblems are solved in float64 on the host (CPU,
+        unless :func:`device_numerics`); else in the computation dtype on the device.
     """
 
     strategy: str
     models_per_call: int
+    host_solve: bool
 
 
-def fused_bytes(n: int, d: int, k: int, n_classes: int, block: int, itemsize: int) -> int:
+def fused_bytes(n: int, d: int, k: int, n_classes: int, itemsize: int) -> int:
     """Peak device bytes of one model in the fused kernel.
 
     The features and their centred copy (2 N D), the covariance and eigh's
     workspace (about 3 D^2, or 3 N^2 when N < D), and the LDA stage.
     """
     gram = min(n, d) ** 2
-    return itemsize * (2 * n * d + 3 * gram) + stage2_bytes(n, k, n_classes, block, itemsize)
+    return itemsize * (2 * n * d + 3 * gram) + stage2_bytes(n, k, n_classes, itemsize)
 
 
-def stage2_bytes(n: int, k: int, n_classes: int, block: int, itemsize: int) -> int:
+def stage2_bytes(n: int, k: int, n_classes: int, itemsize: int) -> int:
     """The LDA stage on the (N, k) projection: a few (N, k) and (N, C) arrays, and
-    the per-class probability blocks (C, B, C) for vc (B: the largest class)."""
-    return itemsize * (6 * n * k + 4 * n * n_classes + 2 * n_classes * block * n_classes)
+    the per-class probability blocks for vc (at most 2 N rows of C, see
+    :class:`ncti_jax._pad.ClassLayout`)."""
+    return itemsize * (6 * n * k + 8 * n * n_classes)
 
 
 def device_budget(device: jax.Device, memory_limit: int | None) -> int | None:
@@ -88,7 +113,6 @@ def make_plan(
     d_max: int,
     k: int,
     n_classes: int,
-    block: int,
     itemsize: int,
     memory_limit: int | None,
     widest: str,
@@ -101,10 +125,11 @@ def make_plan(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
     budget = device_budget(device, memory_limit)
-    fused = fused_bytes(n, d_max, k, n_classes, block, itemsize)
+    fused = fused_bytes(n, d_max, k, n_classes, itemsize)
     fits = budget is None or fused <= budget
+    host_solve = device.platform == "cpu" and not _DEVICE_NUMERICS.get()
     if strategy == "auto":
-        strategy = "fused" if device.platform != "cpu" and fits else "streaming"
+        strategy = "fused" if not host_solve and fits else "streaming"
     if strategy == "fused" and not fits:
         raise MemoryError(
             f"model {widest!r} (N = {n}, D = {d_max}) needs about {fused / 2**30:.2f} GiB "
@@ -116,4 +141,4 @@ def make_plan(
         per_device = max(1, min(per_device, budget // fused))
     elif strategy == "streaming":
         per_device = 1  # one model per device per call: each model's PCA is streamed on its own
-    return Plan(strategy, per_device * n_local_devices)
+    return Plan(strategy, per_device * n_local_devices, host_solve)

@@ -37,6 +37,7 @@ import scipy.linalg
 from scipy.linalg import blas
 
 from ._linalg import top_eigh
+from ._pca import power_of_two_scale, rounding_floors
 
 # Rows per chunk when the engine slices an in-memory or memory-mapped array:
 # large enough for BLAS to run at full rate, small enough to stay a few tens of MB.
@@ -121,12 +122,25 @@ def _checked(name: str, blocks: Iterable[Any], d: int, n: int, *, check_finite: 
 
 @dataclasses.dataclass(frozen=True)
 class TopComponents:
-    """What pass 1 yields: everything pass 2 and the kernel need."""
+    """What pass 1 yields: everything pass 2 and the kernel need.
 
-    mean: np.ndarray | jax.Array  # (D,) in the computation dtype
+    Everything is in units of the rescaled features ``(x - shift) / scale``.
+    """
+
+    mean: np.ndarray | jax.Array  # (D,) in the computation dtype, original units
     evals: np.ndarray | jax.Array  # (k,) top eigenvalues of the centred scatter, decreasing
-    evecs: np.ndarray | jax.Array  # (D, k)
-    mean_sq: float | jax.Array  # the largest squared feature mean
+    evecs: np.ndarray | jax.Array | None  # (D, k); None where pass 2 is not needed
+    scale: float | jax.Array  # the power of two the centred features were divided by
+    floors: np.ndarray | jax.Array  # (k,) rounding level of each eigenvalue (_pca.rounding_floors)
+
+
+def _host_scale(block: np.ndarray, shift: np.ndarray) -> float:
+    """A power of two near the largest ``|block - shift|`` (or ``|block|``, or 1)."""
+    for m in (np.max(np.abs(block - shift)), np.max(np.abs(block))):
+        m = float(m)
+        if m > 0 and np.isfinite(m):
+            return float(np.ldexp(1.0, min(np.frexp(m)[1], 127)))
+    return 1.0
 
 
 # --- host flavour -------------------------------------------------------------
@@ -137,24 +151,50 @@ def host_pca(
 ) -> tuple[np.ndarray, TopComponents]:
     """Both passes on the host: returns the (N, k) projection and pass 1's result.
 
-    ``k`` is this model's ``min(n_components, N - 1, D)``.
+    ``k`` is this model's ``min(n_components, N - 1, D)``. With N >= D the
+    D x D scatter is accumulated chunk by chunk (float32 BLAS, float64 eigh) and
+    pass 2 projects; with N < D the rows are kept (they take less memory than
+    the scatter would) and the N x N Gram is formed and solved in float64, with
+    no second pass.
     """
     n, d = (int(s) for s in x.shape)
     dtype = np.dtype(dtype)
     check = isinstance(x, RowChunks)  # arrays were checked up front
+    wide = n < d
     syrk = blas.get_blas_funcs("syrk", dtype=dtype)
-    shift = total = scatter = buf = None
+    shift = total = scatter = buf = kept = None
+    inv_scale = scale = 1.0
+    start = 0
     for block in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
         block = _host(block, dtype)
         if shift is None:
             shift = block.mean(axis=0, dtype=np.float64).astype(dtype)
+            scale = _host_scale(block, shift)
+            inv_scale = dtype.type(1.0 / scale)
             total = np.zeros(d, np.float64)
-            scatter = np.zeros((d, d), dtype, order="F")
-        buf = _centre_into(block, shift, buf)
-        total += buf.sum(axis=0)  # a centred chunk's sum is small: float32 is plenty
-        # scatter += buf.T @ buf, lower triangle, in place (buf.T is Fortran-ordered).
-        scatter = syrk(1.0, buf.T, beta=1.0, c=scatter, lower=1, overwrite_c=True)
+            if wide:
+                kept = np.empty((n, d), np.float64)
+            else:
+                scatter = np.zeros((d, d), dtype, order="F")
+        buf = _centre_into(block, shift, buf, inv_scale)
+        total += buf.sum(axis=0, dtype=np.float64)
+        if wide:
+            kept[start : start + buf.shape[0]] = buf
+            start += buf.shape[0]
+        else:
+            # scatter += buf.T @ buf, lower triangle, in place (buf.T is Fortran-ordered).
+            scatter = syrk(1.0, buf.T, beta=1.0, c=scatter, lower=1, overwrite_c=True)
     d_mean = total / n
+    mean = (shift.astype(np.float64) + d_mean * scale).astype(dtype)
+    if wide:
+        kept -= d_mean
+        gram = kept @ kept.T  # float64 products of float32 data: exact but for the sums
+        evals, evecs = scipy.linalg.eigh(gram, subset_by_index=(n - k, n - 1), check_finite=False)
+        evals, evecs = evals[::-1], evecs[:, ::-1]
+        z = (evecs * np.sqrt(np.clip(evals, 0.0, None))).astype(dtype)
+        col_sq = np.einsum("ij,ij->j", kept, kept)
+        floors = rounding_floors(evals, np.float64, col_sq=col_sq, solve_dtype=np.float64)
+        return z, TopComponents(mean, evals.astype(dtype), None, scale, np.asarray(floors, dtype))
     cov = scatter.astype(np.float64, order="F")
     cov = blas.dsyr(-n, d_mean, a=cov, lower=1, overwrite_a=True)  # - n d d^T, lower triangle
     # Fortran order and the lower triangle: LAPACK's own layout (the upper triangle of
@@ -162,17 +202,26 @@ def host_pca(
     evals, evecs = scipy.linalg.eigh(
         cov, lower=True, subset_by_index=(d - k, d - 1), check_finite=False
     )
-    mean = (shift + d_mean).astype(dtype)
     top = TopComponents(
         mean=mean,
         evals=evals[::-1].astype(dtype),
         evecs=np.ascontiguousarray(evecs[:, ::-1], dtype=dtype),
-        mean_sq=float(np.max(mean.astype(np.float64) ** 2)),
+        scale=scale,
+        floors=np.asarray(
+            rounding_floors(
+                evals[::-1],
+                dtype,
+                col_sq=np.diag(scatter).astype(np.float64),
+                evecs=evecs[:, ::-1],
+                solve_dtype=np.float64,
+            ),
+            dtype,
+        ),
     )
     z = np.empty((n, k), dtype)
     start = 0
     for block in _checked(name, iter_rows(x, rows), d, n, check_finite=False):
-        buf = _centre_into(_host(block, dtype), mean, buf)
+        buf = _centre_into(_host(block, dtype), mean, buf, inv_scale)
         np.matmul(buf, top.evecs, out=z[start : start + buf.shape[0]])
         start += buf.shape[0]
     return z, top
@@ -184,12 +233,16 @@ def _host(block: Any, dtype: np.dtype) -> np.ndarray:
     return np.asarray(block, dtype)
 
 
-def _centre_into(block: np.ndarray, centre: np.ndarray, buf: np.ndarray | None) -> np.ndarray:
-    """``block - centre`` written into a reused buffer (no fresh pages per chunk)."""
+def _centre_into(
+    block: np.ndarray, centre: np.ndarray, buf: np.ndarray | None, inv_scale
+) -> np.ndarray:
+    """``(block - centre) * inv_scale`` written into a reused buffer (no fresh pages
+    per chunk); ``inv_scale`` is a power of two, so the product is exact."""
     if buf is None or buf.shape[0] < block.shape[0]:
         buf = np.empty_like(block)
     out = buf[: block.shape[0]]
     np.subtract(block, centre, out=out)
+    out *= inv_scale
     return out
 
 
@@ -199,30 +252,45 @@ def _centre_into(block: np.ndarray, centre: np.ndarray, buf: np.ndarray | None) 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Moments:
-    """Pass 1's running statistics about ``shift`` (device flavour)."""
+    """Pass 1's running statistics about ``shift``, in units of ``scale`` (device flavour)."""
 
     shift: jax.Array  # (D,)
-    total: jax.Array  # (D,) sum of (x - shift)
-    scatter: jax.Array  # (D, D) sum of (x - shift)(x - shift)^T
+    scale: jax.Array  # scalar power of two
+    total: jax.Array  # (D,) sum of (x - shift) / scale
+    scatter: jax.Array  # (D, D) sum of the outer products of (x - shift) / scale
+
+
+@jax.jit
+def _start(block: jax.Array) -> Moments:
+    shift = jnp.mean(block, axis=0)
+    dev = jnp.max(jnp.abs(block - shift))
+    scale = power_of_two_scale(jnp.where(dev > 0, dev, jnp.max(jnp.abs(block))))
+    d = block.shape[1]
+    return Moments(shift, scale, jnp.zeros(d, block.dtype), jnp.zeros((d, d), block.dtype))
 
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _accumulate(m: Moments, block: jax.Array) -> Moments:
-    centred = block - m.shift
-    return Moments(m.shift, m.total + centred.sum(axis=0), m.scatter + centred.T @ centred)
+    centred = (block - m.shift) / m.scale
+    return Moments(
+        m.shift, m.scale, m.total + centred.sum(axis=0), m.scatter + centred.T @ centred
+    )
 
 
 @functools.partial(jax.jit, static_argnames="k")
 def _top(m: Moments, n: int, *, k: int):
     d_mean = m.total / n
     evals, evecs = top_eigh(m.scatter - n * jnp.outer(d_mean, d_mean), k)
-    mean = m.shift + d_mean
-    return mean, evals, evecs, jnp.max(mean * mean)
+    mean = m.shift + d_mean * m.scale
+    floors = rounding_floors(
+        evals, m.scatter.dtype, col_sq=jnp.diag(m.scatter), evecs=evecs, solve_dtype=evals.dtype
+    )
+    return mean, evals, evecs, floors
 
 
 @jax.jit
-def _project(block: jax.Array, mean: jax.Array, evecs: jax.Array) -> jax.Array:
-    return (block - mean) @ evecs
+def _project(block: jax.Array, mean: jax.Array, scale: jax.Array, evecs: jax.Array) -> jax.Array:
+    return ((block - mean) / scale) @ evecs
 
 
 def device_pca(
@@ -243,17 +311,19 @@ def device_pca(
         for block in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
             block = jax.device_put(jnp.asarray(block, dtype), device)
             if m is None:
-                shift = jnp.mean(block, axis=0)
-                m = Moments(shift, jnp.zeros(d, dtype), jnp.zeros((d, d), dtype))
+                m = _start(block)
             m = _accumulate(m, _pad_rows(block, m.shift, rows))
-        mean, evals, evecs, mean_sq = _top(m, n, k=k)
+        mean, evals, evecs, floors = _top(m, n, k=k)
         parts = [
             _project(
-                _pad_rows(jax.device_put(jnp.asarray(b, dtype), device), mean, rows), mean, evecs
+                _pad_rows(jax.device_put(jnp.asarray(b, dtype), device), mean, rows),
+                mean,
+                m.scale,
+                evecs,
             )[: b.shape[0]]
             for b in _checked(name, iter_rows(x, rows), d, n, check_finite=False)
         ]
-    return jnp.concatenate(parts), TopComponents(mean, evals, evecs, mean_sq)
+    return jnp.concatenate(parts), TopComponents(mean, evals, evecs, m.scale, floors)
 
 
 def _pad_rows(block: jax.Array, fill: jax.Array, rows: int) -> jax.Array:

@@ -412,7 +412,7 @@ def _plot(args: argparse.Namespace) -> int:
         ]
     written = [plots.plot_ranking(records, out / "ranking.png")]
     if args.truth:
-        scores = {r["model"]: r["ncti"] for r in records}
+        scores = {r["model"]: r["ncti"] for r in records if r["ncti"] is not None}
         names, truth = _truth_for(args.truth, list(scores))
         x, y = np.array([scores[m] for m in names]), np.array(truth)
         written.append(

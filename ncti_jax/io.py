@@ -272,7 +272,7 @@ def write_results(out_dir: str | os.PathLike, document: dict[str, Any]) -> tuple
     """Writes ``scores.json`` and ``scores.csv`` into ``out_dir`` atomically."""
     out = Path(out_dir)
     json_path, csv_path = out / "scores.json", out / "scores.csv"
-    atomic_write_text(json_path, json.dumps(document, indent=1, allow_nan=True) + "\n")
+    atomic_write_text(json_path, json.dumps(document, indent=1, allow_nan=False) + "\n")
     atomic_write_text(csv_path, records_csv(document["models"]))
     return json_path, csv_path
 
@@ -306,17 +306,20 @@ def format_table(records: list[dict[str, Any]]) -> str:
         "solver",
         "status",
     )
+    def num(value, spec):
+        return "-" if value is None else format(value, spec)
+
     rows = [
         (
-            str(r["rank"]),
+            num(r["rank"], "d"),
             r["model"],
-            f"{r['ncti']:.4f}",
-            f"{r['etf']:.6g}",
-            f"{r['ncc']:.6f}",
-            f"{r['vc']:.6f}",
-            f"{r['etf_norm']:.3f}",
-            f"{r['ncc_norm']:.3f}",
-            f"{r['vc_norm']:.3f}",
+            num(r["ncti"], ".4f"),
+            num(r["etf"], ".6g"),
+            num(r["ncc"], ".6f"),
+            num(r["vc"], ".6f"),
+            num(r["etf_norm"], ".3f"),
+            num(r["ncc_norm"], ".3f"),
+            num(r["vc_norm"], ".3f"),
             r["solver"],
             ",".join(r["status"]) or "-",
         )
@@ -352,8 +355,8 @@ def read_scores(path: str | os.PathLike) -> dict[str, float]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: not a readable scores file ({err!r}).") from None
-    if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
-        return {r["model"]: float(r["ncti"]) for r in doc["models"]}
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA:  # unranked models have no score
+        return {r["model"]: float(r["ncti"]) for r in doc["models"] if r["ncti"] is not None}
     mapping = doc.get("ncti", doc) if isinstance(doc, dict) else None
     if not isinstance(mapping, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in mapping.values()

@@ -26,8 +26,9 @@ def plot_ranking(
     """Bar chart of NCTI per model, best first, with its normalised components stacked.
 
     ``etf_norm`` and ``ncc_norm`` stack upwards, ``-vc_norm`` downwards; a black
-    marker shows the NCTI score (their sum).
+    marker shows the NCTI score (their sum). Unranked models (no score) are left out.
     """
+    records = [r for r in records if r.get("ncti") is not None]
     plt = _pyplot()
     names = [r["model"] for r in records]
     pos = np.arange(len(records))

@@ -118,23 +118,32 @@ def lda_svd(z: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, n
     return projection[:, : min(n_classes - 1, k)], decision
 
 
-def _shrunk_cov(a: np.ndarray, shrinkage: float) -> np.ndarray:
+def _cov(a: np.ndarray) -> np.ndarray:
     centred = a - a.mean(axis=0)
-    cov = centred.T @ centred / a.shape[0]
-    mu = np.trace(cov) / cov.shape[0]
-    return (1.0 - shrinkage) * cov + shrinkage * mu * np.eye(cov.shape[0])
+    return centred.T @ centred / a.shape[0]
 
 
 def lda_eigen(
     z: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's eigen solver with fixed shrinkage: (transform, decision function)."""
+    """scikit-learn's eigen solver with fixed shrinkage: (transform, decision function).
+
+    scikit-learn solves ``eigh(Sb, Sw)`` with ``Sb = St - Sw``. We solve
+    ``eigh(M, Sw)`` with ``M = cov_t - (mu_t / mu_w) cov_w`` (``mu`` = trace / k):
+    ``Sb = (1 - t) M + (mu_t / mu_w - 1) Sw``, so the eigenvectors and their order
+    are the same for every ``t < 1``, and at ``t == 1`` (features so small that
+    the shrinkage rule gives exactly 1, where ``Sb`` is a multiple of ``Sw`` and
+    scikit-learn's basis is arbitrary) ``M`` gives the limit ``t -> 1``.
+    """
     n, k = z.shape
     priors = np.bincount(y, minlength=n_classes) / n
     means = _class_means(z, y, n_classes)
-    sw = sum(priors[c] * _shrunk_cov(z[y == c], shrinkage) for c in range(n_classes))
-    sb = _shrunk_cov(z, shrinkage) - sw
-    evals, evecs = scipy.linalg.eigh(sb, sw)
+    cov_w = sum(priors[c] * _cov(z[y == c]) for c in range(n_classes))
+    cov_t = _cov(z)
+    mu_w, mu_t = np.trace(cov_w) / k, np.trace(cov_t) / k
+    sw = (1.0 - shrinkage) * cov_w + shrinkage * mu_w * np.eye(k)
+    m = cov_t - (mu_t / mu_w) * cov_w if mu_w > 0 else cov_t - sw
+    evals, evecs = scipy.linalg.eigh(m, sw)
     evecs = evecs[:, np.argsort(evals)[::-1]]
     coef = means @ evecs @ evecs.T
     decision = z @ coef.T - 0.5 * np.sum(means * coef, axis=1) + np.log(priors)

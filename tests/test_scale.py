@@ -123,8 +123,8 @@ def test_row_chunks_errors_name_the_model(rng):
 
 
 def test_plan_chunks_the_model_axis():
-    args = dict(n=50000, d_max=2048, k=64, n_classes=100, block=500, itemsize=4)
-    per_model = _plan.fused_bytes(50000, 2048, 64, 100, 500, 4)
+    args = dict(n=50000, d_max=2048, k=64, n_classes=100, itemsize=4)
+    per_model = _plan.fused_bytes(50000, 2048, 64, 100, 4)
     cpu = jax.devices("cpu")[0]
     plan = _plan.make_plan(
         "fused",
@@ -163,7 +163,7 @@ def test_plan_chunks_the_model_axis():
 def test_chunked_model_axis_equals_unchunked(small_zoo):
     feats, y = small_zoo
     whole = ncti_jax.score_zoo(feats, y, strategy="fused")
-    per_model = _plan.fused_bytes(1500, 96, 64, 6, 400, 4)
+    per_model = _plan.fused_bytes(1500, 96, 64, 6, 4)
     chunked = ncti_jax.score_zoo(feats, y, strategy="fused", memory_limit=2 * per_model + 1)
     # Another batch size compiles to another schedule: float32 rounding differs (seen: 2.7e-6).
     assert_same(chunked, whole, rtol=1e-5)
