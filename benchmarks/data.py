@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ncti_jax import io as ncti_io
+from ncti_jax import regimes
 
 from .scenarios import Scenario
 
@@ -81,9 +82,19 @@ def write_model(
     os.replace(tmp, path)
 
 
+def write_regime_model(
+    path: Path, y: np.ndarray, dim: int, separation: float, *, seed: int, index: int
+) -> None:
+    """One model of a regime scenario (:func:`ncti_jax.regimes.relu_features`), atomically."""
+    x = regimes.relu_features(_rng(seed, 3, index), y, dim, separation)
+    with ncti_io.atomic_open(path, "wb") as f:
+        np.save(f, x)
+
+
 def _spec(scenario: Scenario, seed: int) -> dict:
     return {
         "generator": GENERATOR,
+        "regime": scenario.regime,
         "seed": seed,
         "n_samples": scenario.n_samples,
         "n_classes": scenario.n_classes,
@@ -109,7 +120,10 @@ def ensure_store(cache: Path, scenario: Scenario, seed: int) -> Path:
         ncti_io.atomic_write_text(meta, json.dumps(spec, indent=1) + "\n")
 
     y_path = root / ncti_io.LABELS_FILE
-    y = labels(seed, scenario.n_samples, scenario.n_classes)
+    if scenario.regime == "longtail":
+        y = regimes.longtail_labels(_rng(seed, 0), scenario.n_samples, scenario.n_classes)
+    else:
+        y = labels(seed, scenario.n_samples, scenario.n_classes)
     if not y_path.exists():
         with ncti_io.atomic_open(y_path, "wb") as f:
             np.save(f, y)
@@ -117,9 +131,12 @@ def ensure_store(cache: Path, scenario: Scenario, seed: int) -> Path:
         (i, m, d) for i, (m, d) in enumerate(scenario.dims) if not (root / f"{m}.npy").exists()
     ]
     levels = collapse_levels(len(scenario.dims))
+    if scenario.regime is not None:
+        levels = np.geomspace(0.3, 3.0, len(scenario.dims))
+    writer = write_model if scenario.regime is None else write_regime_model
     for count, (i, model, dim) in enumerate(missing, start=1):
         start = time.perf_counter()
-        write_model(root / f"{model}.npy", y, dim, levels[i], seed=seed, index=i)
+        writer(root / f"{model}.npy", y, dim, levels[i], seed=seed, index=i)
         print(
             f"generated {scenario.name}: {model} ({scenario.n_samples} x {dim}) "
             f"[{count}/{len(missing)}] in {time.perf_counter() - start:.1f} s",

@@ -19,6 +19,21 @@ PAPER_ZOO = {
     "googlenet": 1024,
 }
 
+# N < D: 50 images of each of 10 classes on wide models (the paper's zoo, alexnet, vgg16).
+FEWSHOT_ZOO = {
+    "resnet34": 512,
+    "densenet121": 1024,
+    "mobilenet_v2": 1280,
+    "densenet169": 1664,
+    "densenet201": 1920,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "inception_v3": 2048,
+    "resnet152": 2048,
+    "alexnet": 4096,
+    "vgg16": 4096,
+}
+
 # Sweeps vary one factor around this base; sized so that a whole sweep with every
 # contender runs in minutes on 2 CPU cores.
 SWEEP_BASE = {"m": 4, "n": 10_000, "d": 512, "c": 10}
@@ -45,6 +60,7 @@ class Scenario:
     n_classes: int
     dims: tuple[tuple[str, int], ...]
     gpu_only: bool = False
+    regime: str | None = None  # "fewshot-wide", "longtail": features of ncti_jax.regimes
     sweep: str | None = None  # the sweep this point belongs to ("sweep-m", ...)
     value: int | None = None  # the swept factor's value at this point
 
@@ -62,7 +78,9 @@ class Scenario:
         d = str(widths[0]) if len(widths) == 1 else f"{widths[0]}..{widths[-1]}"
         return (
             f"M={len(self.dims)} N={self.n_samples} D={d} C={self.n_classes} "
-            f"({self.feature_bytes / 1e9:.2f} GB)" + (", GPU only" if self.gpu_only else "")
+            f"({self.feature_bytes / 1e9:.2f} GB)"
+            + (", GPU only" if self.gpu_only else "")
+            + (", long-tailed labels" if self.regime == "longtail" else "")
         )
 
 
@@ -85,6 +103,15 @@ _NAMED = [
     Scenario("cifar100-zoo", 50_000, 100, tuple(PAPER_ZOO.items())),
     Scenario("sun397-zoo", 20_000, 397, tuple(PAPER_ZOO.items())),
     _uniform("big-zoo", m=64, n=50_000, d=2048, c=100, gpu_only=True),
+    # The fidelity regimes (ncti_jax.regimes): post-ReLU features of a latent class structure.
+    Scenario("fewshot-wide", 500, 10, tuple(FEWSHOT_ZOO.items()), regime="fewshot-wide"),
+    Scenario(
+        "longtail",
+        20_000,
+        1000,
+        (("model_a", 192), ("model_b", 256), ("model_c", 384), ("model_d", 384)),
+        regime="longtail",
+    ),
 ]
 SCENARIOS = {s.name: s for s in _NAMED}
 SWEEPS = {f"sweep-{factor}": _sweep_points(factor) for factor in SWEEP_VALUES}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._linalg import covariance_top_eigh, top_eigh
 
@@ -81,11 +82,12 @@ def rounding_floors(
     is the floor (16 times dropped real directions at 1e-6 of the largest that a
     float32 ``eigh`` resolved to 1e-6 relative on the massive-activation regime).
     """
-    eps = jnp.finfo(dtype).eps
-    solve_eps = jnp.finfo(solve_dtype or solve_dtype_for(dtype)).eps
-    root = jnp.sqrt(col_sq)
-    spread = jnp.sum(root) ** 2 if evecs is None else (jnp.abs(evecs).T @ root) ** 2
-    return jnp.maximum(16 * eps * spread, 2 * solve_eps * evals[0])
+    xp = np if isinstance(evals, np.ndarray) else jnp  # the host path stays in NumPy
+    eps = np.finfo(dtype).eps
+    solve_eps = np.finfo(solve_dtype or solve_dtype_for(dtype)).eps
+    root = xp.sqrt(col_sq)
+    spread = xp.sum(root) ** 2 if evecs is None else (xp.abs(evecs).T @ root) ** 2
+    return xp.maximum(16 * eps * spread, 2 * solve_eps * evals[0])
 
 
 def solve_dtype_for(dtype):

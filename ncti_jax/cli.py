@@ -12,6 +12,7 @@ ncti bench --scenario NAME [--contenders jax,reference,authors] [--repeats N] [-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -596,10 +597,33 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache for the commands that compile kernels.
+
+    A zoo of the same shapes then loads its kernels instead of compiling them
+    (measured on 2 CPU cores, N = 300, D = 4096: the first call 2.8 s -> 1.0 s).
+    ``NCTI_JAX_CACHE`` names the directory (default ``$XDG_CACHE_HOME/ncti-jax/xla``,
+    i.e. ``~/.cache/ncti-jax/xla``); ``NCTI_JAX_CACHE=off`` turns it off. The CLI owns
+    the process; library code never changes JAX's configuration.
+    """
+    where = os.environ.get("NCTI_JAX_CACHE")
+    if where is not None and where.strip().lower() in ("", "0", "off", "none"):
+        return
+    if where is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        where = os.path.join(base, "ncti-jax", "xla")
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ncti`` command."""
     args = _parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    if args.command in ("score", "rank", "demo"):
+        _enable_compilation_cache()
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as err:

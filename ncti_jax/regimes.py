@@ -33,10 +33,22 @@ def _balanced(rng: np.random.Generator, n: int, c: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % c)
 
 
-def _relu_latent(
+def longtail_labels(rng: np.random.Generator, n: int, c: int, head: float = 0.4) -> np.ndarray:
+    """One head class with ``head`` of the ``n`` samples, the other classes 1-3 samples
+    each (the last class takes what is left over), in random order."""
+    tail = rng.integers(1, 4, c - 1)
+    counts = np.concatenate([[max(int(head * n), 2)], tail])
+    counts[0] += n - counts.sum()
+    if counts[0] < 2:
+        raise ValueError(f"longtail_labels: {n} samples are too few for {c} classes.")
+    return rng.permutation(np.repeat(np.arange(c), counts))
+
+
+def relu_features(
     rng: np.random.Generator, y: np.ndarray, d: int, sep: float, latent: int = 32, noise=0.3
 ) -> np.ndarray:
-    """Post-ReLU features of a latent class structure, as in the fidelity issue."""
+    """Post-ReLU features of a latent class structure, as in the fidelity issue:
+    larger ``sep``, classes further apart (``sep`` >= 1: ncc near 1)."""
     c = int(y.max()) + 1
     lat = rng.normal(size=(c, latent))[y] * sep + rng.normal(size=(y.shape[0], latent))
     mix = rng.normal(size=(latent, d)) / 5
@@ -48,7 +60,7 @@ def collapsed(rng: np.random.Generator, size: str = "small") -> Zoo:
     n, d, c = _SIZES[size]
     y = _balanced(rng, n, c)
     seps = (0.4, 1.1, 2.5, 6.0)
-    return {f"collapsed_{i}": _relu_latent(rng, y, d, s) for i, s in enumerate(seps)}, y
+    return {f"collapsed_{i}": relu_features(rng, y, d, s) for i, s in enumerate(seps)}, y
 
 
 def chance(rng: np.random.Generator, size: str = "small") -> Zoo:
@@ -56,7 +68,7 @@ def chance(rng: np.random.Generator, size: str = "small") -> Zoo:
     n, d, c = _SIZES[size]
     y = _balanced(rng, n, c)
     seps = (0.0, 0.05, 0.2)
-    return {f"chance_{i}": _relu_latent(rng, y, d, s) for i, s in enumerate(seps)}, y
+    return {f"chance_{i}": relu_features(rng, y, d, s) for i, s in enumerate(seps)}, y
 
 
 def massive(rng: np.random.Generator, size: str = "small") -> Zoo:
@@ -85,18 +97,15 @@ def fewshot_wide(rng: np.random.Generator, size: str = "small") -> Zoo:
     n = 10 * c if size != "tiny" else 5 * c
     y = _balanced(rng, n, c)
     dims = (2 * d, 4 * d, 8 * d)
-    return {f"wide_{i}_d{dm}": _relu_latent(rng, y, dm, 0.5 + i) for i, dm in enumerate(dims)}, y
+    return {f"wide_{i}_d{dm}": relu_features(rng, y, dm, 0.5 + i) for i, dm in enumerate(dims)}, y
 
 
 def longtail(rng: np.random.Generator, size: str = "small") -> Zoo:
     """Many classes: one head class with 40% of the samples, tails of 1-3, singletons."""
     n, d, _ = _SIZES[size]
     c = {"tiny": 60, "small": 300, "large": 1000}[size]
-    tail = rng.integers(1, 4, c - 1)
-    head = max(int(0.4 * n), 2)
-    counts = np.concatenate([[head], tail])
-    y = rng.permutation(np.repeat(np.arange(c), counts))
-    return {f"longtail_{i}": _relu_latent(rng, y, d, s) for i, s in enumerate((0.5, 2.0))}, y
+    y = longtail_labels(rng, n, c)
+    return {f"longtail_{i}": relu_features(rng, y, d, s) for i, s in enumerate((0.5, 2.0))}, y
 
 
 def low_rank(rng: np.random.Generator, size: str = "small") -> Zoo:
