@@ -8,6 +8,14 @@ import secrets
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests: CI runs a pinned, derandomised profile (the same examples every run, so a
+# red CI is reproducible); elsewhere hypothesis explores. The seeded generators of the other
+# tests stay fresh in both (see the ``seed`` fixture).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
 def pytest_addoption(parser):

@@ -40,6 +40,10 @@ def write_authors_store(path, feats, y, dataset="cifar10"):
     return path
 
 
+def _no_constants(token):
+    raise AssertionError(f"scores.json holds {token}: not strict JSON")
+
+
 def check_outputs(out, feats, y, capsys):
     doc = json.loads((out / "scores.json").read_text())
     assert doc["schema"] == io.SCHEMA
@@ -51,9 +55,19 @@ def check_outputs(out, feats, y, capsys):
     ref = reference.score_zoo(feats, y)
     by_name = {r["model"]: r for r in records}
     for i, name in enumerate(ref.models):
+        rec = by_name[name]
         for comp in ("etf", "ncc", "vc"):
-            assert by_name[name][comp] == pytest.approx(getattr(ref, comp)[i], rel=1e-4)
+            assert rec[comp] == pytest.approx(getattr(ref, comp)[i], rel=1e-4)
+        # Every published field, not only the raw components (a swap of two normalised
+        # columns once passed every test).
+        for field in ("etf_norm", "ncc_norm", "vc_norm", "ncti"):
+            assert rec[field] == pytest.approx(getattr(ref, field)[i], abs=1e-3)
+        assert rec["solver"] == ref.solver[i]
+        assert rec["shrinkage"] == pytest.approx(ref.shrinkage[i], rel=1e-3)
+        assert rec["n_components"] == ref.n_components[i]
+        assert rec["rank"] == int(np.flatnonzero(ref.ranking == i)[0]) + 1
     assert [r["model"] for r in records] == [ref.models[i] for i in ref.ranking]
+    json.loads((out / "scores.json").read_text(), parse_constant=_no_constants)
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["model"] for r in rows] == [r["model"] for r in records]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ncti_jax
-from ncti_jax import _ncti, _pad, _validate, reference
+from ncti_jax import _ncti, _pad, _validate, reference, regimes
 
 import zoos
 
@@ -41,6 +41,7 @@ def test_float32_matches_reference(rng, n, n_classes, dims):
     assert result.etf.dtype == np.float32
     assert_components_close(result, ref, FLOAT32_RTOL)
     np.testing.assert_array_equal(result.ranking, ref.ranking)
+    assert regimes.compare(result, ref)["problems"] == []  # every published field
     np.testing.assert_array_equal(result.solver, [s == "eigen" for s in ref.solver])
     np.testing.assert_allclose(result.shrinkage, ref.shrinkage, rtol=1e-4)
     np.testing.assert_array_equal(result.n_components, ref.n_components)

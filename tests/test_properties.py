@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ncti_jax
+from ncti_jax import reference, regimes
 
 # Few distinct shapes, so that compiled kernels are reused across examples.
 SHAPES = [(6, 3), (13, 5), (40, 9), (40, 70)]
@@ -79,3 +81,28 @@ def test_finite_scores_or_clear_error(inputs):
     assert sorted(result.ranking.tolist()) == list(range(len(feats)))
     assert ((result.ncc > 0) & (result.ncc <= 1 + 1e-5)).all()
     assert (result.etf >= 0).all()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(zoo_inputs())
+def test_float64_engine_is_the_reference(inputs):
+    """The oracle: in float64 the engine gives the reference's numbers, every field, tight.
+
+    Inputs the spec rejects (a single class, fewer samples than classes + 1) get a
+    clear error; a model the engine leaves unranked must be one the reference cannot
+    score either."""
+    feats, y = inputs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            with jax.enable_x64(True):
+                result = ncti_jax.score_zoo(feats, y, dtype="float64")
+        except ValueError as err:
+            assert "class" in str(err) or "samples" in str(err)
+            return
+        ref = reference.score_zoo({m: np.asarray(x, np.float64) for m, x in feats.items()}, y)
+    if not result.ranked().all():
+        assert not np.isfinite(np.c_[ref.etf, ref.ncc, ref.vc][~result.ranked()]).all()
+        return
+    report = regimes.compare(result, ref, rtol=1e-6, tie=1e-6)
+    assert report["problems"] == [], report

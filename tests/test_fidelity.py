@@ -1,0 +1,132 @@
+"""Targeted fidelity tests: the boundaries and bookkeeping a plausible bug would move.
+
+Each test compares every published field with the float64 reference (or, where
+float32 cannot resolve the answer, with the float64 engine and a stated bound),
+on fresh seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+import ncti_jax
+from ncti_jax import _ncti, _validate, reference, regimes
+
+import zoos
+
+
+def score(feats, y, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return ncti_jax.score_zoo(feats, y, **kwargs)
+
+
+def ref_of(feats, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return reference.score_zoo({m: np.asarray(x, np.float64) for m, x in feats.items()}, y)
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_solver_boundary(rng, side):
+    """The top-32 variance sum just below and just above ln(1e10) = 23.03: the svd solver
+    above, the eigen solver (shrinkage just over 1e-10) below, as in the reference."""
+    feats, y = zoos.zoo(rng, n=400, n_classes=5, dims=(40, 56, 48))
+    target = np.log(1e10) * (1 + side * 2e-3)
+    scaled = {}
+    for name, x in feats.items():
+        _, var = reference.pca(x, 64)
+        scaled[name] = (x * np.sqrt(target / var[:32].sum())).astype(np.float32)
+    ref = ref_of(scaled, y)
+    assert set(ref.solver) == ({"svd"} if side > 0 else {"eigen"})
+    report = regimes.compare(score(scaled, y), ref)
+    assert report["problems"] == [], report
+
+
+@pytest.mark.parametrize("labels", ["gaps_from_zero", "negative", "strings"])
+def test_label_remapping_in_full(rng, labels):
+    """Labels {0, 2, 5, ...} (starting at 0, with gaps), negative ones and strings give the
+    reference's numbers exactly as the contiguous codes do."""
+    feats, y = zoos.zoo(rng, n=300, n_classes=4, dims=(24, 32))
+    values = {
+        "gaps_from_zero": np.array([0, 2, 5, 9]),
+        "negative": np.array([-7, -1, 3, 4]),
+        "strings": np.array(["cat", "dog", "emu", "yak"]),
+    }[labels]
+    mapped = values[y]
+    result = score(feats, mapped)
+    ref = ref_of(feats, mapped)
+    assert regimes.compare(result, ref)["problems"] == []
+    contiguous = score(feats, y)
+    np.testing.assert_array_equal(result.ncti, contiguous.ncti)
+
+
+def test_singular_within_scatter_with_tiny_shrinkage(x64):
+    """6 samples, 5 classes (one residual degree of freedom), shrinkage 2.8e-8: Sw is
+    singular to float32, whose Cholesky breaks down; the engine adds a ridge at the
+    rounding level. In float64 the engine must give the reference's etf; in float32 the
+    ridge may only lower it, and by the factor the rounding level explains (about 14x
+    here: a ridge of 1e-3 instead gave 45x less)."""
+    x = np.array(
+        [
+            [2.07623, 3.1534066, 1.5372064],
+            [1.8916816, 0.8739859, 0.8896761],
+            [-1.1168877, 1.3417637, -0.78140706],
+            [3.7517774, 3.3829424, 6.9082828],
+            [0.20335746, -1.6747651, -0.30133113],
+            [4.514525, 3.5088148, 4.4172945],
+        ],
+        np.float32,
+    )
+    y = np.array([2, 1, 0, 4, 0, 3])
+    feats = {"m": x, "n": 2 * x[:, ::-1]}
+    ref = ref_of(feats, y)
+    assert ref.solver[0] == "eigen"
+    exact = score(feats, y, dtype="float64")
+    assert regimes.compare(exact, ref, rtol=1e-9)["problems"] == []
+    with jax.enable_x64(False):
+        f32 = score(feats, y)
+    assert ref.etf[0] / 20 < f32.etf[0] <= ref.etf[0] * (1 + 1e-4)
+    np.testing.assert_allclose(f32.ncc, ref.ncc, rtol=1e-5)
+    np.testing.assert_allclose(f32.vc, ref.vc, rtol=1e-5)
+
+
+def test_near_tied_models(rng):
+    """Two copies of a model a hair apart, among others: every component within 1e-4, and
+    the order of every pair whose reference scores differ by more than 1e-3."""
+    feats, y = zoos.zoo(rng, n=600, n_classes=6, dims=(48, 64, 64))
+    name = list(feats)[1]
+    twin = feats[name] + rng.normal(scale=1e-4, size=feats[name].shape).astype(np.float32)
+    feats[name + "_twin"] = np.maximum(twin, 0).astype(np.float32)
+    ref = ref_of(feats, y)
+    report = regimes.compare(score(feats, y), ref)
+    assert report["problems"] == [], report
+
+
+def test_undefined_model_is_unranked_and_json_is_strict():
+    """A raw component that is NaN leaves the model unranked: out of the min-max, rank and
+    score None in the records, strict JSON, and the others normalised without it."""
+    models = ("a", "b", "c")
+    comps = np.array([[10.0, 0.9, 3.0], [np.nan, 0.8, 3.1], [5.0, 0.5, 3.4]], np.float32)
+    raw = _ncti.RawComponents(
+        components=comps,
+        pca_rank=np.array([8, 8, 8]),
+        shrinkage=np.full(3, 1e-10, np.float32),
+        eigen_solver=np.zeros(3, bool),
+    )
+    labels = _validate.check_labels(np.arange(20) % 4)
+    with pytest.warns(UserWarning, match="model 'b' is unranked"):
+        result = _ncti._finish(models, raw, {"a": 8, "b": 8, "c": 8}, 8, labels)
+    assert list(result.ranked()) == [True, False, True]
+    assert [result.models[i] for i in result.ranking] == ["a", "c", "b"]
+    np.testing.assert_allclose(result.ncti[[0, 2]], [2.0, -1.0])
+    records = result.to_records()
+    assert records[-1]["model"] == "b" and records[-1]["rank"] is None
+    assert records[-1]["ncti"] is None and records[-1]["etf"] is None
+    assert "NON_FINITE" in records[-1]["status"]
+    json.dumps(records, allow_nan=False)  # raises on NaN or infinity
