@@ -2,7 +2,9 @@
 
 A run with ``checkpoint=DIR`` saves, after every compiled call, the raw
 components of every model finished so far, with a fingerprint of what they were
-computed from (model names and shapes, the labels, ``k``, dtype, precision). A
+computed from (model names, shapes and a digest of each model's feature values,
+the labels, ``k``, dtype, precision): a model re-extracted with the same shape
+but new values does not get its old score back. A
 restarted run restores them and scores only the rest, so a preempted job loses at
 most one call's work and ends with the result of an uninterrupted run.
 
@@ -27,6 +29,32 @@ _FIELDS = ("components", "pca_rank", "shrinkage", "eigen_solver")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used for this run (corrupt, or another zoo's)."""
+
+
+def content_digest(x: Any, rows: int = 8192) -> str:
+    """BLAKE2b of one model's feature values, read in row blocks (memory-mapped files
+    and :class:`ncti_jax.RowChunks` too), with its dtype and shape."""
+    from ._stream import iter_rows
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{np.dtype(x.dtype)}:{tuple(int(s) for s in x.shape)}".encode())
+    for block in iter_rows(x, rows):
+        h.update(np.ascontiguousarray(np.asarray(block)).tobytes())
+    return h.hexdigest()
+
+
+def _changed(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """What differs between two fingerprints, in words."""
+    if not isinstance(theirs, dict):
+        return "it has no fingerprint"
+    mine, old = ours.get("models", {}), theirs.get("models", {})
+    changed = sorted(m for m in mine if m in old and mine[m] != old[m])
+    if changed:
+        return f"the features of {changed[:5]} changed since it was written"
+    if set(mine) != set(old):
+        return f"it holds other models ({sorted(set(old) ^ set(mine))[:5]} differ)"
+    keys = sorted(k for k in ours if ours.get(k) != theirs.get(k))
+    return f"other {', '.join(keys)}"
 
 
 def _digest(names: list[str], tree: dict[str, np.ndarray]) -> str:
@@ -97,8 +125,9 @@ class Checkpoint:
             ) from err
         if meta.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
-                f"{where} was written for a different run (other models, labels or "
-                "settings); pass another checkpoint directory or delete it."
+                f"{where} was written for a different run "
+                f"({_changed(self.fingerprint, meta.get('fingerprint'))}); "
+                "pass another checkpoint directory or delete it."
             )
         if meta.get("digest") != _digest(names, tree):
             raise CheckpointError(

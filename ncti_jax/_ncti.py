@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from . import _shard, _validate
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, content_digest
 from ._lda import ClassStats, lda_eigen, lda_svd
 from ._linalg import singular_values, target_platform
 from ._nuclear import nuclear_norm
@@ -401,6 +401,8 @@ def score_zoo(
     precision = _validate.resolve_precision(precision)
     dt = _validate.resolve_dtype(dtype)
     rows = _validate.check_positive_int(chunk_rows, "chunk_rows")
+    devices = _validate.check_devices(devices)
+    memory_limit = _validate.check_memory_limit(memory_limit)
     lab = _validate.check_labels(labels)
     model_names, arrays = _validate.check_features(features, lab.n_samples, names)
     dims = {name: int(x.shape[1]) for name, x in zip(model_names, arrays, strict=True)}
@@ -589,7 +591,9 @@ def _score_call(ctx: _Context, batch: list[str]) -> RawComponents:
 
 def _fingerprint(ctx: _Context, labels: _validate.Labels, k_req: int) -> dict[str, Any]:
     return {
-        "models": {m: [ctx.n, ctx.dims[m]] for m in ctx.features},
+        "models": {
+            m: [ctx.n, ctx.dims[m], content_digest(x, ctx.rows)] for m, x in ctx.features.items()
+        },
         "labels_sha256": _shard.digest(labels.codes).hex(),
         "n_components": k_req,
         "k": ctx.k,

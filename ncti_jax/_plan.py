@@ -84,6 +84,16 @@ def stage2_bytes(n: int, k: int, n_classes: int, itemsize: int) -> int:
     return itemsize * (6 * n * k + 8 * n * n_classes)
 
 
+def format_bytes(count: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``: three significant digits in the largest fitting unit."""
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.3g} {unit}"
+        value /= 1024
+    raise AssertionError  # unreachable
+
+
 def device_budget(device: jax.Device, memory_limit: int | None) -> int | None:
     """Bytes one device may fill: ``memory_limit`` if given, else what the device reports
     free (with headroom), else half the host's memory for a CPU device."""
@@ -132,8 +142,8 @@ def make_plan(
         strategy = "fused" if not host_solve and fits else "streaming"
     if strategy == "fused" and not fits:
         raise MemoryError(
-            f"model {widest!r} (N = {n}, D = {d_max}) needs about {fused / 2**30:.2f} GiB "
-            f"on one device in the fused strategy, more than the {budget / 2**30:.2f} GiB "
+            f"model {widest!r} (N = {n}, D = {d_max}) needs about {format_bytes(fused)} "
+            f"on one device in the fused strategy, more than the {format_bytes(budget)} "
             "available; use strategy='streaming', which holds one chunk of rows at a time."
         )
     per_device = -(-max(n_models, 1) // n_local_devices)  # ceil: every model in one call

@@ -88,6 +88,12 @@ def check_labels(labels: Any, *, what: str = "labels") -> Labels:
     elif kind == "c":
         raise TypeError(f"{what} must be integers, strings or whole-number floats; got complex.")
     elif kind == "O":
+        missing = [i for i, v in enumerate(y.tolist()) if v is None or (isinstance(v, float) and v != v)]
+        if missing:
+            raise ValueError(
+                f"{what} contain {len(missing)} missing value(s) (None or NaN), e.g. at index "
+                f"{missing[0]}."
+            )
         try:
             classes, codes = np.unique(y, return_inverse=True)
         except TypeError as err:
@@ -250,6 +256,37 @@ def check_positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{what} must be a positive integer; got {value!r}.")
     return int(value)
+
+
+def check_devices(devices: Any) -> list[jax.Device] | None:
+    """``None`` or a non-empty sequence of ``jax.Device`` (not a platform name)."""
+    if devices is None:
+        return None
+    if isinstance(devices, str) or not isinstance(devices, (list, tuple)):
+        raise TypeError(
+            f"devices must be a list of jax.Device (e.g. jax.devices('cpu')); got {devices!r}."
+        )
+    bad = [d for d in devices if not isinstance(d, jax.Device)]
+    if bad or not devices:
+        raise TypeError(
+            f"devices must be a non-empty list of jax.Device (e.g. jax.devices('cpu')); "
+            f"got {bad[:3] if bad else 'an empty list'}."
+        )
+    return list(devices)
+
+
+def check_memory_limit(memory_limit: Any) -> int | None:
+    """``None`` or a positive number of bytes (an int, not a string such as '1GB')."""
+    if memory_limit is None:
+        return None
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer, float)):
+        raise TypeError(
+            f"memory_limit must be a number of bytes (e.g. 12 * 2**30); got {memory_limit!r}. "
+            "The CLI's --memory-limit takes sizes such as 12GiB."
+        )
+    if not memory_limit >= 1 or memory_limit != int(memory_limit):
+        raise ValueError(f"memory_limit must be a positive whole number of bytes; got {memory_limit!r}.")
+    return int(memory_limit)
 
 
 def check_n_components(n_components: Any) -> int:

@@ -5,6 +5,7 @@ ncti score PATH [--dataset NAME] [--out DIR] [--n-components K]
                 [--models a,b,c] [--strategy auto|fused|streaming] [--chunk-rows N]
                 [--memory-limit BYTES] [--checkpoint DIR]
 ncti evaluate RESULTS --truth group1:cifar10|accuracies.csv [--all] [--bootstrap N]
+              [--out DIR]
 ncti plot RESULTS [--truth ...] [--out DIR]
 ncti bench --scenario NAME [--contenders jax,reference,authors] [--repeats N] [--quick] [--list]
 """
@@ -122,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         help="bootstrap resamples for the wtau interval (default: %(default)s)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    evaluate.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write the metrics as evaluate.json and evaluate.csv into DIR",
+    )
     evaluate.set_defaults(func=_evaluate)
 
     plot = sub.add_parser(
@@ -258,7 +264,76 @@ def _bytes(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+class _ExitOnInterrupt:
+    """Ctrl-C (SIGINT) and SIGTERM end the process within a moment, cleanly.
+
+    A KeyboardInterrupt raised while XLA's threads run a computation or a host
+    callback tore the interpreter down under them (a segfault in 4 of 5 tries,
+    seconds after the signal). Here the signal's C-level handler wakes a thread
+    through a pipe (``signal.set_wakeup_fd``), which prints ``message`` and leaves
+    with ``os._exit`` at once, even while the main thread is inside a long BLAS or
+    XLA call. Nothing is lost by not unwinding: results and checkpoint steps are
+    only ever renamed into place when complete.
+    """
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._old_fd = signal.set_wakeup_fd(write_fd)
+        self._old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._fds = (read_fd, write_fd)
+
+        def watch():
+            try:
+                got = os.read(read_fd, 1)
+            except OSError:
+                return
+            if got:
+                sys.stdout.flush()
+                print("\n" + self.message, file=sys.stderr, flush=True)  # past a progress bar
+                os._exit(130 if got[0] == signal.SIGINT else 128 + got[0])
+
+        threading.Thread(target=watch, daemon=True, name="ncti-interrupt").start()
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.set_wakeup_fd(self._old_fd)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        os.close(self._fds[1])  # the watcher's read returns b"": it ends quietly
+        return False
+
+
+def _check_writable(out: str) -> None:
+    """Fails now, not after minutes of scoring, if ``out`` cannot take the results."""
+    import tempfile
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(f"--out {out}: cannot write there ({err.strerror or err}).") from None
+
+
 def _score(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        resume = f"interrupted; rerun the same command to resume from --checkpoint {args.checkpoint}"
+    else:
+        resume = "interrupted; nothing was written (rerun with --checkpoint DIR to make it resumable)"
+    with _ExitOnInterrupt(resume):
+        return _score_run(args)
+
+
+def _score_run(args: argparse.Namespace) -> int:
     import jax
 
     if args.dtype == "float64":
@@ -271,6 +346,7 @@ def _score(args: argparse.Namespace) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     feats, labels = ncti_io.load_feature_store(args.path, dataset=args.dataset, models=models)
+    _check_writable(args.out)
     n = labels.shape[0]
     print(f"scoring {len(feats)} models on {n} samples from {args.path} ...", file=sys.stderr)
     start = time.perf_counter()
@@ -342,12 +418,99 @@ def _truth_for(spec: str, models: Sequence[str]) -> tuple[list[str], list[float]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import csv
+    import datetime
+    import io
+    import json
+    import math
     from pathlib import Path
 
     import numpy as np
 
+    from . import __version__
     from . import io as ncti_io
     from . import ranking
+
+    min_common = 3  # top-3 metrics; with 2 models every correlation is +-1
+    # The interval resamples M models with replacement. Below 8 models more than 2.5% of
+    # resamples hold at most 3 distinct models (M=7: 8%, M=8: 2.0%, M=10: 0.07%), so the
+    # ends of the 95% interval are set by such near-degenerate rankings.
+    min_interval = 8
+
+    def align(results, scores: dict[str, float], spec: str):
+        """The models both sides know (in the results' order) and their accuracies; says
+        on one line each which models are left out, and why."""
+        published = ":" in spec and not Path(spec).exists()
+        truth = ranking.published_truth(spec) if published else ncti_io.read_truth(spec)
+        unmeasured = []
+        if published:
+            group, _, dataset = spec.partition(":")
+            table = ranking.finetune_accuracy()[group][dataset]
+            unmeasured = [m for m in scores if table.get(m) == 0]
+        no_accuracy = [m for m in scores if m not in truth and m not in unmeasured]
+        no_score = sorted(m for m in truth if m not in scores)
+        names = [m for m in scores if m in truth]
+        if len(names) < min_common:
+            details = "".join(
+                f"; {text}" if models else ""
+                for text, models in (
+                    (f"{spec} has no measured accuracy for {unmeasured}", unmeasured),
+                    (f"ground truth {spec!r} has no accuracy for model(s) {no_accuracy}",
+                     no_accuracy),
+                    (f"the results have no score for model(s) {no_score}", no_score),
+                )
+            )
+            raise ValueError(
+                f"only {len(names)} model(s) in common between the results {str(results)!r} "
+                f"and the ground truth {spec!r}; need at least {min_common}{details}."
+            )
+        if unmeasured:
+            warnings.warn(
+                f"{spec} has no measured accuracy for {unmeasured}; left out.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if no_accuracy:
+            warnings.warn(
+                f"ground truth {spec!r} has no accuracy for model(s) {no_accuracy} of the "
+                f"results {str(results)!r}; left out, {len(names)} models evaluated.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if no_score:
+            warnings.warn(
+                f"the results {str(results)!r} have no score for model(s) {no_score} of the "
+                f"ground truth {spec!r}; left out, {len(names)} models evaluated.",
+                UserWarning,
+                stacklevel=2,
+            )
+        left_out = {"no_accuracy": no_accuracy, "no_score": no_score, "unmeasured": unmeasured}
+        return names, [truth[m] for m in names], left_out
+
+    def number(value: float) -> float | None:  # strict JSON: null, never NaN
+        return value if math.isfinite(value) else None
+
+    def write(document: dict, header: list[str], rows: list[dict]) -> None:
+        out = Path(args.out)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: "" if isinstance(v, float) and not math.isfinite(v) else v
+                 for k, v in row.items()}
+            )
+        document = {
+            "schema": "ncti-jax/evaluate/v1",
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "ncti_jax": __version__,
+            **document,
+        }
+        ncti_io.atomic_write_text(
+            out / "evaluate.json", json.dumps(document, indent=1, allow_nan=False) + "\n"
+        )
+        ncti_io.atomic_write_text(out / "evaluate.csv", buf.getvalue())
+        print(f"wrote {out / 'evaluate.json'} and {out / 'evaluate.csv'}", file=sys.stderr)
 
     if args.all:
         if ":" in args.truth:
@@ -359,24 +522,60 @@ def _evaluate(args: argparse.Namespace) -> int:
         runs = sorted(p.parent for p in root.glob("*/scores.json"))
         if not runs:
             raise ValueError(f"{root}: no <dataset>/scores.json results found.")
-        rows = []
+        rows, details = [], []
         for run in runs:
             scores = ncti_io.read_scores(run)
-            names, truth = _truth_for(f"{args.truth}:{run.name}", list(scores))
+            spec = f"{args.truth}:{run.name}"
+            names, truth, left_out = align(run / "scores.json", scores, spec)
             x = np.array([scores[m] for m in names])
-            rows.append(
-                (run.name, {k: float(f(x, np.array(truth))) for k, f in ranking.METRICS.items()})
-            )
+            metrics = {k: float(f(x, np.array(truth))) for k, f in ranking.METRICS.items()}
+            rows.append((run.name, metrics))
+            details.append((run.name, spec, names, left_out))
         keys = list(ranking.METRICS)
         mean = {k: float(np.nanmean([r[k] for _, r in rows])) for k in keys}
         width = max(7, *(len(n) for n, _ in rows))
         print("dataset".ljust(width) + "".join(f"{k:>14}" for k in keys))
         for name, r in [*rows, ("mean", mean)]:
             print(name.ljust(width) + "".join(f"{r[k]:14.3f}" for k in keys))
+        if args.out:
+            write(
+                {
+                    "results": str(root),
+                    "truth": args.truth,
+                    "datasets": [
+                        {
+                            "dataset": name,
+                            "truth": spec,
+                            "n_models": len(names),
+                            "models": names,
+                            "left_out": left_out,
+                            "metrics": {k: number(v) for k, v in metrics.items()},
+                        }
+                        for (name, spec, names, left_out), (_, metrics) in zip(
+                            details, rows, strict=True
+                        )
+                    ],
+                    "mean": {k: number(v) for k, v in mean.items()},
+                },
+                ["dataset", "truth", "n_models", *keys],
+                [
+                    {"dataset": name, "truth": spec, "n_models": len(names), **metrics}
+                    for (name, spec, names, _), (_, metrics) in zip(details, rows, strict=True)
+                ]
+                + [{"dataset": "mean", "truth": args.truth, "n_models": "", **mean}],
+            )
         return 0
 
     scores = ncti_io.read_scores(args.results)
-    names, truth = _truth_for(args.truth, list(scores))
+    names, truth, left_out = align(args.results, scores, args.truth)
+    if len(names) < min_interval:
+        warnings.warn(
+            f"only {len(names)} models: the 95% bootstrap interval of weighted_tau means little "
+            f"below {min_interval} models (over 2.5% of its model resamples then hold 3 or fewer "
+            "distinct models, so its ends come from near-degenerate rankings).",
+            UserWarning,
+            stacklevel=2,
+        )
     result = ranking.evaluate(
         [scores[m] for m in names], truth, n_resamples=args.bootstrap, seed=args.seed
     )
@@ -391,6 +590,29 @@ def _evaluate(args: argparse.Namespace) -> int:
                     f"{result['weighted_tau_ci_high']:.3f})"
                 )
             print(f"{key:>14}  {value:7.3f}{extra}")
+    if args.out:
+        write(
+            {
+                "results": str(args.results),
+                "truth": args.truth,
+                "n_models": len(names),
+                "models": names,
+                "left_out": left_out,
+                "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed, "confidence": 0.95},
+                "metrics": {k: number(v) for k, v in result.items()},
+            },
+            ["results", "truth", "n_models", *result, "n_resamples", "seed"],
+            [
+                {
+                    "results": str(args.results),
+                    "truth": args.truth,
+                    "n_models": len(names),
+                    **result,
+                    "n_resamples": args.bootstrap,
+                    "seed": args.seed,
+                }
+            ],
+        )
     return 0
 
 
@@ -624,9 +846,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     if args.command in ("score", "rank", "demo"):
         _enable_compilation_cache()
+    from ._checkpoint import CheckpointError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, MemoryError, CheckpointError) as err:
         print(f"ncti {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -31,12 +31,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import hashlib
 import io
 import json
 import os
 import platform
 import re
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -144,11 +146,17 @@ def load_feature_store(
 
 def _load_directory_layout(root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     labels = load_array(root / LABELS_FILE, mmap=False)
-    files = sorted(
-        f
-        for f in root.iterdir()
-        if f.suffix in (".npy", ".npz") and f.name != LABELS_FILE and f.is_file()
-    )
+    if labels.ndim not in (1, 2):
+        raise FeatureStoreError(
+            f"{root / LABELS_FILE}: labels must have shape (N,) or (N, 1); got {labels.shape}."
+        )
+    candidates = [
+        f for f in root.iterdir() if f.suffix in (".npy", ".npz") and f.name != LABELS_FILE
+    ]
+    dangling = sorted(f.name for f in candidates if f.is_symlink() and not f.exists())
+    if dangling:
+        raise FeatureStoreError(f"{root}: {dangling} are symbolic links to missing files.")
+    files = sorted(f for f in candidates if f.is_file())
     if not files:
         raise FeatureStoreError(f"{root}: holds {LABELS_FILE} but no <model>.npy feature files.")
     feats: dict[str, np.ndarray] = {}
@@ -240,6 +248,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
     try:
         with os.fdopen(
             fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})
@@ -253,10 +262,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
     with atomic_open(path) as f:
         f.write(text)
+
+
+def _csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR
+    first) gets a leading apostrophe: model names are user input. Numbers are left alone."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def records_csv(records: list[dict[str, Any]]) -> str:
@@ -264,16 +287,24 @@ def records_csv(records: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in records:
-        writer.writerow({**{k: r[k] for k in RECORD_FIELDS}, "status": "|".join(r["status"])})
+        row = {**{k: r[k] for k in RECORD_FIELDS}, "status": "|".join(r["status"])}
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
 def write_results(out_dir: str | os.PathLike, document: dict[str, Any]) -> tuple[Path, Path]:
-    """Writes ``scores.json`` and ``scores.csv`` into ``out_dir`` atomically."""
+    """Writes ``scores.json`` and ``scores.csv`` into ``out_dir``, each atomically.
+
+    The CSV goes first and the JSON, written last, records the CSV's SHA-256
+    (``"csv_sha256"``): a run killed between the two leaves the old JSON, which
+    :func:`read_results` then finds inconsistent with the new CSV and says so.
+    """
     out = Path(out_dir)
     json_path, csv_path = out / "scores.json", out / "scores.csv"
+    table = records_csv(document["models"])
+    atomic_write_text(csv_path, table)
+    document = {**document, "csv_sha256": hashlib.sha256(table.encode()).hexdigest()}
     atomic_write_text(json_path, json.dumps(document, indent=1, allow_nan=False) + "\n")
-    atomic_write_text(csv_path, records_csv(document["models"]))
     return json_path, csv_path
 
 
@@ -288,6 +319,15 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not a readable results file ({err}).") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not an ncti-jax results file (schema {SCHEMA!r}).")
+    table = path.with_name("scores.csv")
+    if "csv_sha256" in doc and table.exists():
+        if hashlib.sha256(table.read_bytes()).hexdigest() != doc["csv_sha256"]:
+            warnings.warn(
+                f"{table} is not the table of {path} (a run was interrupted between writing "
+                "the two, or one was edited); the JSON is used.",
+                UserWarning,
+                stacklevel=2,
+            )
     return doc
 
 
@@ -337,50 +377,234 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+class _DuplicateKeyError(ValueError):
+    """A key that appears twice in one JSON object (raised by :func:`_unique_pairs`)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses duplicate keys (``json`` keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """Parses a JSON file (a UTF-8 BOM allowed), refusing duplicate keys; errors name ``path``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_pairs)
+    except _DuplicateKeyError as err:
+        raise ValueError(
+            f"{path}: {err.key!r} appears more than once in one JSON object; each model "
+            "(and field) must be listed once, or the last would silently win."
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable {what} file ({err}).") from None
+
+
+def _read_csv_columns(
+    path: Path, columns: tuple[str, ...], what: str
+) -> list[tuple[int, dict[str, str]]]:
+    """``[(line, {column: stripped cell})]`` of a CSV with ``columns`` (names matched
+    case-insensitively, a UTF-8 BOM allowed); blank lines are skipped."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(
+                    f"{path}: empty file; expected a CSV with {','.join(columns)} columns."
+                )
+            names = [h.strip().lower() for h in header]
+            for col in columns:
+                if names.count(col) != 1:
+                    problem = "no" if col not in names else "more than one"
+                    raise ValueError(
+                        f"{path}: {problem} {col!r} column in the header {header}; expected a "
+                        f"{what} CSV with {','.join(columns)} columns (any case)."
+                    )
+            index = {col: names.index(col) for col in columns}
+            rows = []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                cells = {c: row[i].strip() if i < len(row) else "" for c, i in index.items()}
+                rows.append((reader.line_num, cells))
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable {what} file ({err}).") from None
+
+
+def _finite(value: Any, *, percent: bool = False) -> float | None:
+    """``value`` as a finite float, or None when it is not one.
+
+    Numbers (not booleans) and numeric strings are accepted; with ``percent`` a trailing
+    ``%`` is allowed and dropped, so ``"91.5 %"`` is 91.5: the same scale as a plain 91.5.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if percent and text.endswith("%"):
+            text = text[:-1].rstrip()
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    elif not isinstance(value, (int, float)):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _check_unique(path: Path, model: str, seen: dict[str, str], where: str) -> None:
+    if model in seen:
+        raise ValueError(
+            f"{path}: model {model!r} is listed twice ({seen[model]} and {where}); each model "
+            "must appear once."
+        )
+    seen[model] = where
+
+
 def read_scores(path: str | os.PathLike) -> dict[str, float]:
-    """``{model: NCTI score}`` from a results file.
+    """``{model: NCTI score}`` from a results file, in the file's order.
 
     Accepts an ncti-jax ``scores.json`` (or its directory), a JSON mapping
     ``{model: score}`` or one with such a mapping under ``"ncti"`` (e.g. published
-    scores), or a CSV with ``model`` and ``ncti`` columns.
+    scores), or a CSV with ``model`` and ``ncti`` columns (any case).
+
+    A model without a score (``null``, or an empty CSV cell: the engine could not rank it)
+    is left out with a warning. A model listed twice, or a record without a finite numeric
+    ``ncti``, is a :class:`ValueError` naming the file and the model.
     """
+    import warnings
+
     path = Path(path)
     if path.is_dir():
         path = path / "scores.json"
-    try:
-        if path.suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-            return {r["model"]: float(r["ncti"]) for r in rows}
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable scores file ({err!r}).") from None
-    if isinstance(doc, dict) and doc.get("schema") == SCHEMA:  # unranked models have no score
-        return {r["model"]: float(r["ncti"]) for r in doc["models"] if r["ncti"] is not None}
-    mapping = doc.get("ncti", doc) if isinstance(doc, dict) else None
-    if not isinstance(mapping, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in mapping.values()
-    ):
-        raise ValueError(
-            f"{path}: expected an ncti-jax scores.json or a JSON {{model: score}} "
-            "mapping (optionally under 'ncti')."
+    scores: dict[str, float] = {}
+    unranked: list[str] = []
+    seen: dict[str, str] = {}
+    if path.suffix.lower() == ".csv":
+        for line, row in _read_csv_columns(path, ("model", "ncti"), "scores"):
+            model = row["model"]
+            if not model:
+                raise ValueError(f"{path}, line {line}: empty model name.")
+            _check_unique(path, model, seen, f"line {line}")
+            if row["ncti"] == "":
+                unranked.append(model)
+                continue
+            value = _finite(row["ncti"])
+            if value is None:
+                raise ValueError(
+                    f"{path}, line {line} (model {model!r}): ncti {row['ncti']!r} is not a "
+                    "finite number."
+                )
+            scores[model] = value
+    else:
+        doc = _read_json(path, "scores")
+        if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+            records = doc.get("models")
+            if not isinstance(records, list):
+                raise ValueError(f"{path}: 'models' must be a list of score records.")
+            for i, rec in enumerate(records):
+                model = rec.get("model") if isinstance(rec, dict) else None
+                if not isinstance(model, str) or not model:
+                    raise ValueError(f"{path}: score record {i} has no model name.")
+                _check_unique(path, model, seen, f"record {i}")
+                if "ncti" not in rec:
+                    raise ValueError(f"{path}: the record of model {model!r} has no 'ncti' score.")
+                if rec["ncti"] is None:  # the engine could not rank this model
+                    unranked.append(model)
+                    continue
+                value = _finite(rec["ncti"]) if not isinstance(rec["ncti"], str) else None
+                if value is None:
+                    raise ValueError(
+                        f"{path}: the 'ncti' of model {model!r} is {rec['ncti']!r}, not a "
+                        "finite number."
+                    )
+                scores[model] = value
+        else:
+            if isinstance(doc, dict) and "schema" in doc:
+                raise ValueError(
+                    f"{path}: schema {doc['schema']!r} is not a scores file; expected "
+                    f"{SCHEMA!r} or a JSON {{model: score}} mapping."
+                )
+            mapping = doc.get("ncti", doc) if isinstance(doc, dict) else None
+            if not isinstance(mapping, dict):
+                raise ValueError(
+                    f"{path}: expected an ncti-jax scores.json or a JSON {{model: score}} "
+                    "mapping (optionally under 'ncti')."
+                )
+            for model, raw in mapping.items():
+                if raw is None:
+                    unranked.append(model)
+                    continue
+                value = _finite(raw) if not isinstance(raw, str) else None
+                if value is None:
+                    raise ValueError(
+                        f"{path}: the score of model {model!r} is {raw!r}, not a finite number."
+                    )
+                scores[model] = value
+    if unranked:
+        warnings.warn(
+            f"{path}: {len(unranked)} model(s) without an NCTI score (unranked) left out: "
+            f"{unranked}.",
+            UserWarning,
+            stacklevel=2,
         )
-    return {str(k): float(v) for k, v in mapping.items()}
+    return scores
 
 
 def read_truth(path: str | os.PathLike) -> dict[str, float]:
     """``{model: accuracy}`` from a JSON mapping (optionally under ``"accuracy"``) or a CSV
-    with ``model`` and ``accuracy`` columns."""
+    with ``model`` and ``accuracy`` columns (any case, a UTF-8 BOM allowed).
+
+    Accuracies are numbers, or strings such as ``"91.5"`` or ``"91.5 %"``; a percent sign
+    is dropped (91.5 % is read as 91.5, the same scale as a plain 91.5). A model listed
+    twice, an empty, NaN, infinite or non-numeric accuracy is a :class:`ValueError`
+    naming the file and the model (and the line of a CSV).
+    """
     path = Path(path)
-    try:
-        if path.suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                return {r["model"]: float(r["accuracy"]) for r in csv.DictReader(f)}
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        mapping = doc.get("accuracy", doc)
-        return {str(k): float(v) for k, v in mapping.items()}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ValueError(
-            f"{path}: not a readable ground-truth file; expected a JSON "
-            f"{{model: accuracy}} or a CSV with model,accuracy columns ({err!r})."
-        ) from None
+    truth: dict[str, float] = {}
+    if path.suffix.lower() == ".csv":
+        seen: dict[str, str] = {}
+        for line, row in _read_csv_columns(path, ("model", "accuracy"), "ground-truth"):
+            model = row["model"]
+            if not model:
+                raise ValueError(f"{path}, line {line}: empty model name.")
+            _check_unique(path, model, seen, f"line {line}")
+            value = _finite(row["accuracy"], percent=True)
+            if value is None:
+                raise ValueError(
+                    f"{path}, line {line} (model {model!r}): accuracy {row['accuracy']!r} is "
+                    "not a finite number."
+                )
+            truth[model] = value
+    else:
+        doc = _read_json(path, "ground-truth")
+        mapping = doc.get("accuracy", doc) if isinstance(doc, dict) else None
+        if not isinstance(mapping, dict):
+            raise ValueError(
+                f"{path}: not a ground-truth file; expected a JSON {{model: accuracy}} "
+                "mapping (optionally under 'accuracy') or a CSV with model,accuracy columns."
+            )
+        for model, raw in mapping.items():
+            value = _finite(raw, percent=True)
+            if value is None:
+                raise ValueError(
+                    f"{path}: the accuracy of model {model!r} is {raw!r}, not a finite number."
+                )
+            truth[str(model)] = value
+    if not truth:
+        raise ValueError(f"{path}: no models in the ground-truth file.")
+    return truth

@@ -276,6 +276,12 @@ def test_bad_checkpoints_are_not_reused(tmp_path, small_zoo):
     with pytest.raises(ncti_jax.CheckpointError, match="different run"):
         ncti_jax.score_zoo(feats, np.roll(y, 1), checkpoint=ckpt)
 
+    # A model re-extracted with the same shape but new rows: its old score must not return.
+    name = list(feats)[1]
+    redone = dict(feats, **{name: np.roll(feats[name], 1, axis=0)})
+    with pytest.raises(ncti_jax.CheckpointError, match=rf"features of \['{name}'\] changed"):
+        ncti_jax.score_zoo(redone, y, checkpoint=ckpt)
+
     # Flip bytes in every array file of the latest step: the digest catches it.
     step = max((p for p in ckpt.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     files = [p for p in (step / "state").rglob("*") if p.is_file() and "zarray" not in p.name]
