@@ -108,7 +108,16 @@ def run_case(label: str, feats, y, work: Path) -> dict:
         np.save(store / f"{m}.npy", x)
     np.save(store / "labels.npy", y)
     eng_wall, eng_rss = _timed(
-        [sys.executable, "-m", "ncti_jax.cli", "score", str(store), "--out", str(work / f"{label}-out"), "--quiet"]
+        [
+            sys.executable,
+            "-m",
+            "ncti_jax.cli",
+            "score",
+            str(store),
+            "--out",
+            str(work / f"{label}-out"),
+            "--quiet",
+        ]
     )
     ref_path = work / f"{label}-ref.json"
     ref_wall, ref_rss = _timed([sys.executable, "-c", _REFERENCE, str(store), str(ref_path)])
@@ -120,11 +129,15 @@ def run_case(label: str, feats, y, work: Path) -> dict:
     nulls = [m for m in ref["models"] if by_model[m]["ncti"] is None]
     report["null_scores"] = nulls
     for f in ("etf", "ncc", "vc"):
-        a = np.array([by_model[m][f] if by_model[m][f] is not None else np.nan for m in ref["models"]])
+        a = np.array(
+            [by_model[m][f] if by_model[m][f] is not None else np.nan for m in ref["models"]]
+        )
         b = np.array(ref[f])
         report[f"err_{f}"] = float(np.nanmax(np.abs(a - b) / np.abs(b)))
     s_ref = np.array(ref["ncti"])
-    s_eng = np.array([by_model[m]["ncti"] if by_model[m]["ncti"] is not None else -np.inf for m in ref["models"]])
+    s_eng = np.array(
+        [by_model[m]["ncti"] if by_model[m]["ncti"] is not None else -np.inf for m in ref["models"]]
+    )
     swapped = [
         (ref["models"][i], ref["models"][j])
         for i in range(len(s_ref))

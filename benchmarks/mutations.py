@@ -174,7 +174,10 @@ def run_mutant(mutant: Mutant, tests: list[str], timeout: float) -> tuple[str, f
         if proc.returncode == 0:
             return "MISSED", seconds
         failed = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
-        return f"caught by {failed[0].removeprefix('FAILED ')[:90] if failed else 'an error'}", seconds
+        return (
+            f"caught by {failed[0].removeprefix('FAILED ')[:90] if failed else 'an error'}",
+            seconds,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

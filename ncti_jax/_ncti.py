@@ -178,9 +178,7 @@ def projected_components(
       n_valid_components: scalar ``min(k, N - 1, D_model)``; columns beyond it are ignored.
       layout: the labels' device arrays.
     """
-    return _components(
-        *mask_components(z, evals, floors, n_valid_components), scale, layout
-    )
+    return _components(*mask_components(z, evals, floors, n_valid_components), scale, layout)
 
 
 def shrinkage_rule(variances: jax.Array, scale: jax.Array) -> jax.Array:
@@ -245,9 +243,7 @@ def class_nuclear_norms(log_p: jax.Array, layout: ClassLayout) -> jax.Array:
     return total
 
 
-@functools.partial(
-    jax.jit, static_argnames=("k", "precision", "platform", "host_solve", "mesh")
-)
+@functools.partial(jax.jit, static_argnames=("k", "precision", "platform", "host_solve", "mesh"))
 def zoo_components(
     x: jax.Array,
     n_valid_components: jax.Array,
@@ -476,13 +472,7 @@ def _context(features, dims, k_eff, lab, dt, precision, strategy, devices, memor
         memory_limit=memory_limit,
         widest=max(dims, key=dims.get),
     )
-    platform = local_devices[0].platform
-    if (
-        plan.strategy == "fused"
-        and plan.host_solve
-        and mesh.devices.size > 1
-        and dt == np.float32
-    ):
+    if plan.strategy == "fused" and plan.host_solve and mesh.devices.size > 1 and dt == np.float32:
         raise ValueError(
             "strategy='fused' on several CPU devices needs dtype=float64: in float32 its "
             "eigensolver runs in host callbacks, which hang XLA:CPU when several CPU devices "

@@ -100,9 +100,7 @@ def class_layout(labels: Labels, dtype: np.dtype) -> ClassLayout:
         pos = np.arange(b)[None, :]
         mask = pos < counts[classes, None]
         index = np.where(mask, order[np.minimum(starts[classes, None] + pos, len(order) - 1)], 0)
-        buckets.append(
-            ClassBucket(jnp.asarray(index, dtype=jnp.int32), jnp.asarray(mask))
-        )
+        buckets.append(ClassBucket(jnp.asarray(index, dtype=jnp.int32), jnp.asarray(mask)))
     return ClassLayout(
         codes=jnp.asarray(labels.codes, dtype=jnp.int32),
         counts=jnp.asarray(counts, dtype=dtype),

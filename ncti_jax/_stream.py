@@ -272,9 +272,7 @@ def _start(block: jax.Array) -> Moments:
 @functools.partial(jax.jit, donate_argnums=0)
 def _accumulate(m: Moments, block: jax.Array) -> Moments:
     centred = (block - m.shift) / m.scale
-    return Moments(
-        m.shift, m.scale, m.total + centred.sum(axis=0), m.scatter + centred.T @ centred
-    )
+    return Moments(m.shift, m.scale, m.total + centred.sum(axis=0), m.scatter + centred.T @ centred)
 
 
 @functools.partial(jax.jit, static_argnames="k")

@@ -88,7 +88,9 @@ def check_labels(labels: Any, *, what: str = "labels") -> Labels:
     elif kind == "c":
         raise TypeError(f"{what} must be integers, strings or whole-number floats; got complex.")
     elif kind == "O":
-        missing = [i for i, v in enumerate(y.tolist()) if v is None or (isinstance(v, float) and v != v)]
+        missing = [
+            i for i, v in enumerate(y.tolist()) if v is None or (isinstance(v, float) and v != v)
+        ]
         if missing:
             raise ValueError(
                 f"{what} contain {len(missing)} missing value(s) (None or NaN), e.g. at index "
@@ -285,7 +287,9 @@ def check_memory_limit(memory_limit: Any) -> int | None:
             "The CLI's --memory-limit takes sizes such as 12GiB."
         )
     if not memory_limit >= 1 or memory_limit != int(memory_limit):
-        raise ValueError(f"memory_limit must be a positive whole number of bytes; got {memory_limit!r}.")
+        raise ValueError(
+            f"memory_limit must be a positive whole number of bytes; got {memory_limit!r}."
+        )
     return int(memory_limit)
 
 

@@ -75,7 +75,7 @@ def massive(rng: np.random.Generator, size: str = "small") -> Zoo:
     """A few columns with offsets up to 1e4 and a 30x larger spread (ViT-like)."""
     feats, y = collapsed(rng, size)
     out = {}
-    for i, (name, x) in enumerate(feats.items()):
+    for i, x in enumerate(feats.values()):
         x = x.copy()
         cols = rng.choice(x.shape[1], size=3, replace=False)
         x[:, cols] = x[:, cols] * 30 + np.array([1e2, 1e3, 1e4], np.float32)
@@ -195,13 +195,17 @@ def compare(result, ref, *, rtol: float = 1e-4, tie: float = 1e-3) -> dict[str, 
         a = np.asarray(getattr(result, f), np.float64)
         b = np.asarray(getattr(ref, f), np.float64)
         if not np.isfinite(a).all():
-            problems.append(f"{f} not finite for {[m for m, v in zip(models, a) if not np.isfinite(v)]}")
+            problems.append(
+                f"{f} not finite for {[m for m, v in zip(models, a, strict=True) if not np.isfinite(v)]}"
+            )
             continue
         err = np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
         out[f] = float(err.max())
         if err.max() > rtol:
             worst = int(np.argmax(err))
-            problems.append(f"{f} of {models[worst]}: {a[worst]!r} vs {b[worst]!r} ({err[worst]:.1e})")
+            problems.append(
+                f"{f} of {models[worst]}: {a[worst]!r} vs {b[worst]!r} ({err[worst]:.1e})"
+            )
         span = b.max() - b.min()
         slack = 3 * rtol * np.abs(b).max() / span if span > 0 else 0.0
         norm_err = np.abs(np.asarray(getattr(result, f + "_norm")) - getattr(ref, f + "_norm"))
@@ -211,7 +215,8 @@ def compare(result, ref, *, rtol: float = 1e-4, tie: float = 1e-3) -> dict[str, 
     score_err = np.abs(np.asarray(result.ncti) - ref.ncti)
     allowed = sum(
         3 * rtol * np.abs(getattr(ref, f)).max() / max(np.ptp(getattr(ref, f)), 1e-300)
-        if np.ptp(getattr(ref, f)) > 0 else 0.0
+        if np.ptp(getattr(ref, f)) > 0
+        else 0.0
         for f in ("etf", "ncc", "vc")
     )
     out["ncti"] = float(score_err.max())

@@ -4,7 +4,6 @@ output files, and clear one-line refusals (exit 2) instead of tracebacks."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import stat
@@ -140,12 +139,18 @@ def test_zero_d_labels_and_dangling_symlinks_are_named(tmp_path, zoo, capsys):
     feats, y = zoo
     store = write_store(tmp_path / "store", feats, y)
     np.save(store / "labels.npy", np.array(3))
-    one_line_error(capsys, cli.main(["score", str(store), "--out", str(tmp_path / "o")]),
-                   match="labels must have shape (N,) or (N, 1)")
+    one_line_error(
+        capsys,
+        cli.main(["score", str(store), "--out", str(tmp_path / "o")]),
+        match="labels must have shape (N,) or (N, 1)",
+    )
     np.save(store / "labels.npy", y)
     (store / "ghost.npy").symlink_to(tmp_path / "nowhere.npy")
-    one_line_error(capsys, cli.main(["score", str(store), "--out", str(tmp_path / "o")]),
-                   match="['ghost.npy'] are symbolic links to missing files")
+    one_line_error(
+        capsys,
+        cli.main(["score", str(store), "--out", str(tmp_path / "o")]),
+        match="['ghost.npy'] are symbolic links to missing files",
+    )
 
 
 def test_checkpoint_refusal_is_one_line(tmp_path, zoo, capsys):
@@ -163,10 +168,16 @@ def test_fused_memory_limit_messages(tmp_path, zoo, capsys):
     feats, y = zoo
     store = write_store(tmp_path / "store", feats, y)
     base = ["score", str(store), "--out", str(tmp_path / "o"), "--strategy", "fused"]
-    one_line_error(capsys, cli.main([*base, "--memory-limit", "0"]),
-                   match="memory_limit must be a positive whole number of bytes")
-    one_line_error(capsys, cli.main([*base, "--memory-limit", "1000"]),
-                   match="more than the 1000 bytes available")
+    one_line_error(
+        capsys,
+        cli.main([*base, "--memory-limit", "0"]),
+        match="memory_limit must be a positive whole number of bytes",
+    )
+    one_line_error(
+        capsys,
+        cli.main([*base, "--memory-limit", "1000"]),
+        match="more than the 1000 bytes available",
+    )
 
 
 # --- API arguments -----------------------------------------------------------------
@@ -174,7 +185,7 @@ def test_fused_memory_limit_messages(tmp_path, zoo, capsys):
 
 def test_api_arguments_are_checked(zoo):
     feats, y = zoo
-    with pytest.raises(TypeError, match="devices must be a list of jax.Device"):
+    with pytest.raises(TypeError, match=r"devices must be a list of jax\.Device"):
         ncti_jax.score_zoo(feats, y, devices="cpu")
     with pytest.raises(TypeError, match="memory_limit must be a number of bytes"):
         ncti_jax.score_zoo(feats, y, memory_limit="1GB")
