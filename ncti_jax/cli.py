@@ -195,7 +195,12 @@ def _parser() -> argparse.ArgumentParser:
             help="let torchvision download the dataset (needs network access)",
         )
         p.add_argument("--samples-per-class", type=int, help="subsample each class (seeded)")
-        p.add_argument("--seed", type=int, default=0, help="subsampling seed (default: 0)")
+        p.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="seed of subsampling and of --weights none initialisation (default: 0)",
+        )
         p.add_argument(
             "--preprocess",
             choices=("paper", "native"),
@@ -326,9 +331,13 @@ def _check_writable(out: str) -> None:
 
 def _score(args: argparse.Namespace) -> int:
     if args.checkpoint:
-        resume = f"interrupted; rerun the same command to resume from --checkpoint {args.checkpoint}"
+        resume = (
+            f"interrupted; rerun the same command to resume from --checkpoint {args.checkpoint}"
+        )
     else:
-        resume = "interrupted; nothing was written (rerun with --checkpoint DIR to make it resumable)"
+        resume = (
+            "interrupted; nothing was written (rerun with --checkpoint DIR to make it resumable)"
+        )
     with _ExitOnInterrupt(resume):
         return _score_run(args)
 
@@ -427,9 +436,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from . import __version__
+    from . import __version__, ranking
     from . import io as ncti_io
-    from . import ranking
 
     min_common = 3  # top-3 metrics; with 2 models every correlation is +-1
     # The interval resamples M models with replacement. Below 8 models more than 2.5% of
@@ -451,15 +459,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         no_score = sorted(m for m in truth if m not in scores)
         names = [m for m in scores if m in truth]
         if len(names) < min_common:
-            details = "".join(
-                f"; {text}" if models else ""
-                for text, models in (
-                    (f"{spec} has no measured accuracy for {unmeasured}", unmeasured),
-                    (f"ground truth {spec!r} has no accuracy for model(s) {no_accuracy}",
-                     no_accuracy),
-                    (f"the results have no score for model(s) {no_score}", no_score),
-                )
-            )
+            details = ""
+            if unmeasured:
+                details += f"; {spec} has no measured accuracy for {unmeasured}"
+            if no_accuracy:
+                details += f"; ground truth {spec!r} has no accuracy for model(s) {no_accuracy}"
+            if no_score:
+                details += f"; the results have no score for model(s) {no_score}"
             raise ValueError(
                 f"only {len(names)} model(s) in common between the results {str(results)!r} "
                 f"and the ground truth {spec!r}; need at least {min_common}{details}."
@@ -496,10 +502,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow(
-                {k: "" if isinstance(v, float) and not math.isfinite(v) else v
-                 for k, v in row.items()}
-            )
+            undefined = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            writer.writerow({**row, **dict.fromkeys(undefined, "")})
         document = {
             "schema": "ncti-jax/evaluate/v1",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -662,7 +666,7 @@ def _zoo_and_data(args: argparse.Namespace):
             f"pip install 'ncti-jax[torch]' ({err})."
         ) from None
     weights = None if args.weights.lower() == "none" else args.weights
-    specs = models.resolve_zoo(args.zoo, weights=weights)
+    specs = models.resolve_zoo(args.zoo, weights=weights, seed=args.seed)
     ds = datasets.load_dataset(args.dataset, args.data_root, download=args.download)
     if args.samples_per_class:
         ds = datasets.subsample_per_class(ds, args.samples_per_class, seed=args.seed)
@@ -693,10 +697,22 @@ def _extract_to_store(args: argparse.Namespace, specs, ds, store: str):
     )
 
 
-def _extract(args: argparse.Namespace) -> int:
+def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C during extraction (no traceback); exit status 130."""
+    if hasattr(err, "done"):  # bridges.extract.ExtractionInterrupted: the rows done are stored
+        what = f"after {err.done}/{err.total} images; rerun the same command to resume"
+    else:
+        what = "before any features were stored"
+    print(f"ncti {args.command}: interrupted {what}", file=sys.stderr)
+    return 130
 
-    specs, ds = _zoo_and_data(args)
-    done, result = _extract_to_store(args, specs, ds, args.out)
+
+def _extract(args: argparse.Namespace) -> int:
+    try:
+        specs, ds = _zoo_and_data(args)
+        done, result = _extract_to_store(args, specs, ds, args.out)
+    except KeyboardInterrupt as err:
+        return _interrupted(args, err)
     skipped = [s.name for s in specs if s.name not in done]
     if skipped:
         print(f"already stored, skipped: {', '.join(skipped)}", file=sys.stderr)
@@ -704,7 +720,8 @@ def _extract(args: argparse.Namespace) -> int:
         print(
             f"extracted {len(done)} models on {len(result.labels)} images in "
             f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s for the whole "
-            f"zoo, {result.device}) into {args.out}",
+            f"zoo, {result.device}) into {args.out}"
+            + (f" (resumed at image {result.start})" if result.start else ""),
             file=sys.stderr,
         )
     return 0
@@ -716,17 +733,23 @@ def _rank(args: argparse.Namespace) -> int:
     from . import io as ncti_io
     from ._ncti import score_zoo
 
-    specs, ds = _zoo_and_data(args)
+    try:
+        specs, ds = _zoo_and_data(args)
+        if args.store:
+            _extract_to_store(args, specs, ds, args.store)
+        else:
+            extract.check_weights(specs)
+            models = {s.name: extract.load_model(s) for s in specs}
+            transforms = {
+                s.name: extract.transform_for(s, args.preprocess, args.image_size) for s in specs
+            }
+            result = extract.extract_features(models, ds, transforms, **_extract_kwargs(args))
+    except KeyboardInterrupt as err:
+        return _interrupted(args, err)
     if args.store:
-        _extract_to_store(args, specs, ds, args.store)
         feats, labels = ncti_io.load_feature_store(args.store, models=[s.name for s in specs])
         seconds = float("nan")
     else:
-        models = {s.name: extract.load_model(s) for s in specs}
-        transforms = {
-            s.name: extract.transform_for(s, args.preprocess, args.image_size) for s in specs
-        }
-        result = extract.extract_features(models, ds, transforms, **_extract_kwargs(args))
         feats = {name: dlpack.to_jax(t) for name, t in result.features.items()}
         labels, seconds = result.labels, result.seconds
     start = time.perf_counter()

@@ -282,6 +282,13 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+def _csv_uncell(value: str) -> str:
+    """Undoes :func:`_csv_cell` (an apostrophe before text that would run as a formula)."""
+    if value[:1] == "'" and value[1:2] in ("=", "+", "-", "@", "\t", "\r"):
+        return value[1:]
+    return value
+
+
 def records_csv(records: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
@@ -320,14 +327,17 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not an ncti-jax results file (schema {SCHEMA!r}).")
     table = path.with_name("scores.csv")
-    if "csv_sha256" in doc and table.exists():
-        if hashlib.sha256(table.read_bytes()).hexdigest() != doc["csv_sha256"]:
-            warnings.warn(
-                f"{table} is not the table of {path} (a run was interrupted between writing "
-                "the two, or one was edited); the JSON is used.",
-                UserWarning,
-                stacklevel=2,
-            )
+    if (
+        "csv_sha256" in doc
+        and table.exists()
+        and hashlib.sha256(table.read_bytes()).hexdigest() != doc["csv_sha256"]
+    ):
+        warnings.warn(
+            f"{table} is not the table of {path} (a run was interrupted between writing "
+            "the two, or one was edited); the JSON is used.",
+            UserWarning,
+            stacklevel=2,
+        )
     return doc
 
 
@@ -346,6 +356,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         "solver",
         "status",
     )
+
     def num(value, spec):
         return "-" if value is None else format(value, spec)
 
@@ -496,7 +507,7 @@ def read_scores(path: str | os.PathLike) -> dict[str, float]:
     seen: dict[str, str] = {}
     if path.suffix.lower() == ".csv":
         for line, row in _read_csv_columns(path, ("model", "ncti"), "scores"):
-            model = row["model"]
+            model = _csv_uncell(row["model"])
             if not model:
                 raise ValueError(f"{path}, line {line}: empty model name.")
             _check_unique(path, model, seen, f"line {line}")

@@ -63,6 +63,14 @@ def collapsed(rng: np.random.Generator, size: str = "small") -> Zoo:
     return {f"collapsed_{i}": relu_features(rng, y, d, s) for i, s in enumerate(seps)}, y
 
 
+def binary(rng: np.random.Generator, size: str = "small") -> Zoo:
+    """Two classes, from mild to full separation (the softmax of two logits)."""
+    n, d, _ = _SIZES[size]
+    y = _balanced(rng, n, 2)
+    seps = (0.3, 1.0, 4.0)
+    return {f"binary_{i}": relu_features(rng, y, d, s) for i, s in enumerate(seps)}, y
+
+
 def chance(rng: np.random.Generator, size: str = "small") -> Zoo:
     """From chance to mild separation."""
     n, d, c = _SIZES[size]
@@ -157,6 +165,7 @@ def ill_conditioned(rng: np.random.Generator, size: str = "small", decades: floa
 
 
 REGIMES: dict[str, Callable[..., Zoo]] = {
+    "binary": binary,
     "collapsed": collapsed,
     "chance": chance,
     "massive": massive,

@@ -106,6 +106,7 @@ def test_results_have_umask_permissions_and_safe_csv(tmp_path, zoo, capsys):
     assert sorted(r["model"] for r in rows) == ["'=HYPERLINK(1)", "'@cmd"]
     json_names = {r["model"] for r in io.read_results(tmp_path / "out")["models"]}
     assert json_names == set(renamed)  # the JSON keeps the names as they are
+    assert set(io.read_scores(tmp_path / "out" / "scores.csv")) == set(renamed)  # round trip
 
 
 def test_a_json_and_csv_from_different_runs_are_detected(tmp_path, zoo):
