@@ -16,6 +16,13 @@ Cases:
   fewshot-4096     N = 300 (30 per class), D = 4096, two models
   longtail-600     N = 4000: one class with 40%, 599 classes of 1-3 samples, D <= 384
   scale-sweep      a 3-model collapsed zoo multiplied by 1e-20, 1e-10, 1e10 and 1e18
+
+``python -m benchmarks.fidelity --regimes small --seeds 5`` runs instead the accuracy
+sweep: every regime of :mod:`ncti_jax.regimes` at a size the tests do not reach
+("small": N = 1500, D = 128, C = 10; "large": N = 5000, D = 512), over several seeds,
+on every code path (host streaming and fused; the accelerators' numerics forced on
+CPU), in this process, with the largest error of each raw component and any problem
+:func:`ncti_jax.regimes.compare` reports.
 """
 
 from __future__ import annotations
@@ -149,12 +156,59 @@ def run_case(label: str, feats, y, work: Path) -> dict:
     return report
 
 
+MODES = ("streaming", "fused", "device-streaming", "device-fused")
+
+
+def regime_sweep(size: str, seeds: int) -> list[dict]:
+    """Every regime x code path x seed, engine against the reference."""
+    import contextlib
+    import warnings
+
+    import ncti_jax
+    from ncti_jax import _plan, reference
+
+    reports = []
+    for regime in sorted(regimes.REGIMES):
+        for seed in range(seeds):
+            feats, y = regimes.make(regime, np.random.default_rng(seed), size)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                ref = reference.score_zoo(
+                    {m: np.asarray(x, np.float64) for m, x in feats.items()}, y
+                )
+                for mode in MODES:
+                    device = mode.startswith("device-")
+                    ctx = _plan.device_numerics() if device else contextlib.nullcontext()
+                    start = time.perf_counter()
+                    with ctx:
+                        result = ncti_jax.score_zoo(feats, y, strategy=mode.removeprefix("device-"))
+                    seconds = time.perf_counter() - start
+                    report = regimes.compare(result, ref)
+                    reports.append(
+                        {"regime": regime, "mode": mode, "seed": seed, "seconds": seconds} | report
+                    )
+                    print(
+                        f"{regime:16s} {mode:17s} seed {seed}  etf {report.get('etf', np.nan):.1e} "
+                        f"ncc {report.get('ncc', np.nan):.1e} vc {report.get('vc', np.nan):.1e}  "
+                        f"{'; '.join(report['problems'])[:160] or 'ok'}",
+                        flush=True,
+                    )
+    return reports
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regimes", choices=("tiny", "small", "large"), default=None)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per regime (--regimes)")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--work", default=None, help="where stores go (default: a temp dir)")
     parser.add_argument("--out", default=None, help="write the reports here as JSON")
     args = parser.parse_args(argv)
+    if args.regimes:
+        reports = regime_sweep(args.regimes, args.seeds)
+        if args.out:
+            Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
+        return 0 if not any(r["problems"] for r in reports) else 1
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)

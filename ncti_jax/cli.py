@@ -288,6 +288,9 @@ class _ExitOnInterrupt:
         import signal
         import threading
 
+        self._fds = None
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals are delivered to the main thread only: nothing to do
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         self._old_fd = signal.set_wakeup_fd(write_fd)
@@ -298,11 +301,13 @@ class _ExitOnInterrupt:
             try:
                 got = os.read(read_fd, 1)
             except OSError:
+                got = b""
+            if not got:  # the run ended: the write end was closed
+                os.close(read_fd)
                 return
-            if got:
-                sys.stdout.flush()
-                print("\n" + self.message, file=sys.stderr, flush=True)  # past a progress bar
-                os._exit(130 if got[0] == signal.SIGINT else 128 + got[0])
+            sys.stdout.flush()
+            print("\n" + self.message, file=sys.stderr, flush=True)  # past a progress bar
+            os._exit(130 if got[0] == signal.SIGINT else 128 + got[0])
 
         threading.Thread(target=watch, daemon=True, name="ncti-interrupt").start()
         return self
@@ -310,6 +315,8 @@ class _ExitOnInterrupt:
     def __exit__(self, *exc):
         import signal
 
+        if self._fds is None:
+            return False
         signal.set_wakeup_fd(self._old_fd)
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
