@@ -94,6 +94,13 @@ MUTANTS = (
         "the variance floor scales with the largest column, not each direction",
     ),
     Mutant(
+        "gram-floor-overcount",
+        "ncti_jax/_pca.py",
+        "spread = xp.sum(col_sq) if evecs is None",
+        "spread = xp.sum(root) ** 2 if evecs is None",
+        "the N x N Gram's rounding level taken as eps * D * trace (drops real directions)",
+    ),
+    Mutant(
         "shrinkage-ignores-scale",
         "ncti_jax/_ncti.py",
         "top = jnp.sum(variances[:SHRINKAGE_TOP]) * scale * scale",

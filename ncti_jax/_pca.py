@@ -86,7 +86,7 @@ def rounding_floors(
     eps = np.finfo(dtype).eps
     solve_eps = np.finfo(solve_dtype or solve_dtype_for(dtype)).eps
     root = xp.sqrt(col_sq)
-    spread = xp.sum(root) ** 2 if evecs is None else (xp.abs(evecs).T @ root) ** 2
+    spread = xp.sum(col_sq) if evecs is None else (xp.abs(evecs).T @ root) ** 2
     return xp.maximum(16 * eps * spread, 2 * solve_eps * evals[0])
 
 

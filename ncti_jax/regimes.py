@@ -104,7 +104,7 @@ def fewshot_wide(rng: np.random.Generator, size: str = "small") -> Zoo:
     n, d, c = _SIZES[size]
     n = 10 * c if size != "tiny" else 5 * c
     y = _balanced(rng, n, c)
-    dims = (2 * d, 4 * d, 8 * d)
+    dims = (2 * d, 8 * d, 32 * d) if size == "tiny" else (2 * d, 4 * d, 8 * d)
     return {f"wide_{i}_d{dm}": relu_features(rng, y, dm, 0.5 + i) for i, dm in enumerate(dims)}, y
 
 

@@ -7,6 +7,7 @@ on fresh seeds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import ncti_jax
-from ncti_jax import _ncti, _validate, reference, regimes
+from ncti_jax import _ncti, _plan, _validate, reference, regimes
 
 import zoos
 
@@ -130,3 +131,18 @@ def test_undefined_model_is_unranked_and_json_is_strict():
     assert records[-1]["ncti"] is None and records[-1]["etf"] is None
     assert "NON_FINITE" in records[-1]["status"]
     json.dumps(records, allow_nan=False)  # raises on NaN or infinity
+
+
+@pytest.mark.parametrize("mode", ["fused", "device-fused"])
+def test_fewshot_wide_fused_keeps_every_direction(rng, mode):
+    """N = 40 samples of 2048-wide, well separated features through the fused kernel's
+    N x N Gram: its rounding level is eps * trace, not eps * D * trace (which once dropped
+    28 of 64 directions and moved etf by 40%)."""
+    y = rng.permutation(np.arange(40) % 4)
+    feats = {f"w{i}": regimes.relu_features(rng, y, 2048, s) for i, s in enumerate((1.0, 3.0))}
+    ref = ref_of(feats, y)
+    ctx = _plan.device_numerics() if mode == "device-fused" else contextlib.nullcontext()
+    with ctx:
+        result = score(feats, y, strategy="fused")
+    report = regimes.compare(result, ref)
+    assert report["problems"] == [], report
