@@ -8,6 +8,8 @@ model's preprocessing (see :mod:`bridges.extract`). Nothing is downloaded unless
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,16 @@ def dataset_labels(ds: Dataset) -> np.ndarray:
     return labels if indices is None else labels[np.asarray(indices)]
 
 
-def subsample_per_class(ds: Dataset, samples_per_class: int, seed: int = 0) -> Subset:
+class PerClassSubset(Subset):
+    """A :class:`Subset` that remembers how it was drawn (feature stores record it)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int], samples_per_class: int, seed: int):
+        super().__init__(dataset, indices)
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+
+
+def subsample_per_class(ds: Dataset, samples_per_class: int, seed: int = 0) -> PerClassSubset:
     """At most ``samples_per_class`` samples of each class, drawn with ``seed``, in index order."""
     if samples_per_class < 1:
         raise ValueError(f"samples_per_class must be >= 1; got {samples_per_class}.")
@@ -161,4 +172,68 @@ def subsample_per_class(ds: Dataset, samples_per_class: int, seed: int = 0) -> S
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         keep.extend(rng.choice(idx, size=min(samples_per_class, idx.size), replace=False).tolist())
-    return Subset(ds, sorted(keep))
+    return PerClassSubset(ds, sorted(keep), samples_per_class, seed)
+
+
+def sample_ids(ds: Dataset) -> tuple[str, list[str]] | None:
+    """What identifies each sample, in order: ``(kind, ids)``, or None if unknown.
+
+    An image folder's samples are their paths relative to the folder; a
+    torchvision dataset's, their indices; a :class:`Subset`'s, its base's at its
+    indices. Other datasets (arbitrary wrappers) cannot be identified.
+    """
+    if isinstance(ds, Subset):
+        base = sample_ids(ds.dataset)
+        return None if base is None else (base[0], [base[1][i] for i in ds.indices])
+    if isinstance(ds, torchvision.datasets.DatasetFolder):
+        return "relative paths", [
+            os.path.relpath(path, ds.root).replace(os.sep, "/") for path, _ in ds.samples
+        ]
+    if isinstance(ds, (torchvision.datasets.VisionDataset, VOCLargestObject)):
+        return "indices", [str(i) for i in range(len(ds))]
+    return None
+
+
+def sample_record(ds: Dataset, name: str) -> dict[str, Any]:
+    """The sample list a feature store records: dataset, split, subsampling, digest.
+
+    ``digest`` is the SHA-256 of the ordered sample identities (:func:`sample_ids`),
+    None for a dataset that cannot be identified.
+    """
+    ids = sample_ids(ds)
+    kind, digest = None, None
+    if ids is not None:
+        kind, digest = ids[0], hashlib.sha256("\0".join(ids[1]).encode()).hexdigest()
+    return {
+        "dataset": name,
+        "split": split_of(name),
+        "samples_per_class": getattr(ds, "samples_per_class", None),
+        "seed": getattr(ds, "seed", None),
+        "n_samples": len(ds),
+        "identity": kind,
+        "digest": digest,
+    }
+
+
+def same_samples(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`sample_record` describe the same samples in the same order.
+
+    A record without digest (an unidentified dataset) is compared on the rest.
+    """
+    keys = ["dataset", "split", "n_samples"]
+    if a.get("digest") is not None and b.get("digest") is not None:
+        keys += ["identity", "digest"]
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def describe_samples(record: dict[str, Any]) -> str:
+    """``<cifar10 (train), seed 0, 10 per class, 100 samples, digest 1f2e3d4c5b6a>``."""
+    if record.get("samples_per_class") is None:
+        drawn = "all samples"
+    else:
+        drawn = f"seed {record.get('seed')}, {record['samples_per_class']} per class"
+    digest = record.get("digest")
+    return (
+        f"<{record.get('dataset')} ({record.get('split')}), {drawn}, "
+        f"{record.get('n_samples')} samples, digest {digest[:12] if digest else 'unknown'}>"
+    )

@@ -9,7 +9,12 @@ when they fit and are handed to JAX through DLPack (:mod:`bridges.dlpack`).
 
 Feature stores (what ``ncti score`` reads): ``<model>.npy`` (N, D) float32 +
 ``labels.npy`` + ``meta.json``; every file is written atomically, and a re-run
-skips the models already stored with the same settings.
+skips the models already stored with the same settings. ``meta.json`` records the
+exact sample list (dataset, split, subsampling, SHA-256 of the ordered sample
+identities): a run on other samples is refused rather than mixed in. Extraction
+is resumable: the models being extracted are flushed every ``flush_every``
+seconds and on Ctrl-C into ``.partial/`` (which ``ncti score`` does not read), and
+a re-run of the same extraction starts from the last flushed row.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +34,24 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ncti_jax.io import atomic_open, atomic_write_text
 
-from .datasets import dataset_labels, split_of
-from .models import ModelSpec, load_model, native_transform, paper_transform
+from .datasets import dataset_labels, describe_samples, same_samples, sample_record
+from .models import (
+    ModelSpec,
+    check_model_names,
+    check_weights,
+    load_model,
+    native_transform,
+    paper_transform,
+)
 
 META_FILE = "meta.json"
+PARTIAL_DIR = ".partial"  # features of an unfinished extraction: <model>.npy + progress.json
+PROGRESS_FILE = "progress.json"
+_MAX_PENDING_ROWS = 4096  # rows kept on the device between two flushes, at most
 
 
 class _MultiTransform(Dataset):
@@ -63,9 +80,20 @@ class Extraction:
     seconds: float
     device: str
 
+    start: int = 0  # rows resumed from an interrupted run (not extracted now)
+
     @property
     def images_per_second(self) -> float:
-        return len(self.labels) / self.seconds if self.seconds else float("nan")
+        done = len(self.labels) - self.start
+        return done / self.seconds if self.seconds else float("nan")
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`extract_to_store`, raised once the rows done were flushed."""
+
+    def __init__(self, store: Path, done: int, total: int):
+        super().__init__(f"{store}: interrupted after {done}/{total} images")
+        self.store, self.done, self.total = store, done, total
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -110,8 +138,53 @@ def extract_features(
       keep_on_device: keep features on the device (default: when they fit in half
         the free device memory); otherwise they are gathered in host memory.
     """
-    dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
+    dev = _device(device)
     cuda = dev.type == "cuda"
+    n = len(dataset)
+    buffers: dict[str, torch.Tensor] = {}
+    labels = np.empty(n, dtype=np.int64)
+    bar = _progress(n, progress)
+    start, pos = time.perf_counter(), 0
+    with torch.inference_mode():
+        for y, out in _batches(models, dataset, transforms, dev, batch_size, num_workers, bf16):
+            b = len(y)
+            labels[pos : pos + b] = y
+            for name, feats in out.items():
+                if name not in buffers:
+                    on_device = keep_on_device
+                    if on_device is None:
+                        on_device = _fits(dev, n, feats.shape[1], len(models))
+                    buffers[name] = torch.empty(
+                        (n, feats.shape[1]),
+                        dtype=torch.float32,
+                        device=dev if on_device else "cpu",
+                        pin_memory=cuda and not on_device,
+                    )
+                buffers[name][pos : pos + b].copy_(feats, non_blocking=cuda)
+            pos += b
+            bar.update(b)
+    if cuda:
+        torch.cuda.synchronize(dev)
+    bar.close()
+    return Extraction(buffers, labels, time.perf_counter() - start, str(dev))
+
+
+def _device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else pick_device(str(device))
+
+
+def _batches(
+    models: Mapping[str, nn.Module],
+    dataset: Dataset,
+    transforms: Mapping[str, tuple[str, Callable]],
+    dev: torch.device,
+    batch_size: int,
+    num_workers: int,
+    bf16: bool,
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Yields ``(labels, {name: (b, D) float32 features on dev})`` per batch, in order."""
+    cuda = dev.type == "cuda"
+    layout = torch.channels_last if cuda else torch.contiguous_format
     keys = {key: t for key, t in transforms.values()}
     loader = DataLoader(
         _MultiTransform(dataset, keys),
@@ -122,45 +195,28 @@ def extract_features(
         persistent_workers=False,
     )
     for model in models.values():
-        model.to(dev, memory_format=torch.channels_last if cuda else torch.contiguous_format)
-    n = len(dataset)
-    buffers: dict[str, torch.Tensor] = {}
-    labels = np.empty(n, dtype=np.int64)
-    bar = _progress(n, progress)
-    start, pos = time.perf_counter(), 0
-    with torch.inference_mode():
-        for batch, y in loader:
-            b = len(y)
-            labels[pos : pos + b] = np.asarray(y)
+        model.to(dev, memory_format=layout)
+    for batch, y in loader:
+        out = {}
+        with torch.inference_mode():
             inputs = {
-                key: x.to(
-                    dev,
-                    non_blocking=cuda,
-                    memory_format=torch.channels_last if cuda else torch.contiguous_format,
-                )
-                for key, x in batch.items()
+                key: x.to(dev, non_blocking=cuda, memory_format=layout) for key, x in batch.items()
             }
             for name, model in models.items():
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and cuda):
-                    out = model(inputs[transforms[name][0]])
-                out = out.reshape(b, -1).float()
-                if name not in buffers:
-                    on_device = keep_on_device
-                    if on_device is None:
-                        on_device = _fits(dev, n, out.shape[1], len(models))
-                    buffers[name] = torch.empty(
-                        (n, out.shape[1]),
-                        dtype=torch.float32,
-                        device=dev if on_device else "cpu",
-                        pin_memory=cuda and not on_device,
-                    )
-                buffers[name][pos : pos + b].copy_(out, non_blocking=cuda)
-            pos += b
-            bar.update(b)
-    if cuda:
-        torch.cuda.synchronize(dev)
-    bar.close()
-    return Extraction(buffers, labels, time.perf_counter() - start, str(dev))
+                x = inputs[transforms[name][0]]
+                try:
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and cuda):
+                        feats = model(x)
+                except RuntimeError as err:
+                    if "size" not in str(err).lower():
+                        raise
+                    raise ValueError(
+                        f"model {name!r} cannot take {tuple(x.shape[-2:])} images "
+                        f"({str(err).splitlines()[0]}); use a larger --image-size "
+                        "(inception_v3 needs at least 75)."
+                    ) from None
+                out[name] = feats.reshape(len(y), -1).float()
+        yield np.asarray(y), out
 
 
 def _fits(dev: torch.device, n: int, d: int, n_models: int) -> bool:
@@ -170,7 +226,9 @@ def _fits(dev: torch.device, n: int, d: int, n_models: int) -> bool:
     return 4 * n * d * n_models < free // 2
 
 
-def _progress(total: int, enabled: bool, *, unit: str = "img", desc: str = "extracting"):
+def _progress(
+    total: int, enabled: bool, *, unit: str = "img", desc: str = "extracting", initial: int = 0
+):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with the torch extra
@@ -185,7 +243,14 @@ def _progress(total: int, enabled: bool, *, unit: str = "img", desc: str = "extr
                 pass
 
         return _Null()
-    return tqdm(total=total, unit=unit, unit_scale=unit == "img", desc=desc, smoothing=0.1)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit=unit,
+        unit_scale=unit == "img",
+        desc=desc,
+        smoothing=0.1,
+    )
 
 
 # ---- feature stores --------------------------------------------------------------------
@@ -225,6 +290,41 @@ def stored_models(store: Path, specs: Sequence[ModelSpec], settings: Mapping[str
     }
 
 
+def claim_store(store: Path, record: Mapping[str, Any]) -> None:
+    """Refuses ``store`` if it holds features of other samples than ``record``'s
+    (:func:`bridges.datasets.sample_record`); records them in an empty store.
+
+    A store written before sample lists were recorded cannot be checked: extending
+    it is refused (``ncti score`` still reads it).
+    """
+    meta = read_meta(store)
+    held = meta.get("samples")
+    holds = bool(meta.get("models")) or any(
+        p.exists() for p in (store / "labels.npy", store / PARTIAL_DIR / PROGRESS_FILE)
+    )
+    if not holds:
+        _atomic_json(store / META_FILE, {**meta, "samples": dict(record)})
+    elif held is None:
+        raise ValueError(
+            f"store {store} was written before stores recorded their samples (no sample "
+            "digest in its meta.json), so this run cannot be checked against it; "
+            "'ncti score' still reads it, but extract into another --out."
+        )
+    elif not same_samples(held, record):
+        raise ValueError(
+            f"store {store} holds samples of {describe_samples(held)}; this run has "
+            f"{describe_samples(record)}; use another --out."
+        )
+    elif held.get("digest") is None or record.get("digest") is None:
+        warnings.warn(
+            f"store {store}: samples of {describe_samples(record)} cannot be identified "
+            "(not an image folder or torchvision dataset); only their count and labels "
+            "were checked.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def extract_to_store(
     specs: Sequence[ModelSpec],
     dataset: Dataset,
@@ -233,6 +333,7 @@ def extract_to_store(
     dataset_name: str,
     preprocess: str = "paper",
     image_size: int = 224,
+    flush_every: float = 60.0,
     **kwargs: Any,
 ) -> tuple[list[str], Extraction | None]:
     """Extracts the models of ``specs`` not yet in ``store`` and writes them.
@@ -240,9 +341,19 @@ def extract_to_store(
     Returns the names extracted now (the others were already stored) and the
     extraction (None if there was nothing to do). ``kwargs`` go to
     :func:`extract_features`.
+
+    Refuses a store of other samples (:func:`claim_store`) and checks every
+    model's weights before extracting. The models being extracted are flushed to
+    ``store/.partial/`` every ``flush_every`` seconds and when interrupted (Ctrl-C
+    then raises :class:`ExtractionInterrupted`); the same call resumes from the last
+    flushed row. A dataset whose samples cannot be identified
+    (:func:`bridges.datasets.sample_ids`) is extracted in one go, without flushes.
     """
     store = Path(store)
+    check_model_names([s.name for s in specs], f"store {store}")
     store.mkdir(parents=True, exist_ok=True)
+    record = sample_record(dataset, dataset_name)
+    claim_store(store, record)
     labels = dataset_labels(dataset)
     labels_path = store / "labels.npy"
     if labels_path.exists():
@@ -254,7 +365,7 @@ def extract_to_store(
             )
     settings = {
         "dataset": dataset_name,
-        "split": split_of(dataset_name),
+        "split": record["split"],
         "preprocess": preprocess,
         "image_size": image_size,
         "n_samples": len(labels),
@@ -263,27 +374,148 @@ def extract_to_store(
     todo = [s for s in specs if s.name not in done]
     if not todo:
         return [], None
+    check_weights(todo)
     models = {s.name: load_model(s) for s in todo}
     transforms = {s.name: transform_for(s, preprocess, image_size) for s in todo}
-    result = extract_features(models, dataset, transforms, **kwargs)
-    if not np.array_equal(result.labels, labels):
-        raise RuntimeError("the data loader returned labels out of order; nothing was written.")
+    entries = {s.name: {**settings, "arch": s.arch, "weights": _weights_label(s)} for s in todo}
+    if record["digest"] is None:
+        result = extract_features(models, dataset, transforms, **kwargs)
+        if not np.array_equal(result.labels, labels):
+            raise RuntimeError("the data loader returned labels out of order; nothing was written.")
+    else:
+        result = _extract_resumable(
+            store, models, dataset, transforms, labels, record, entries, flush_every, **kwargs
+        )
     _atomic_save(labels_path, labels)
     for s in todo:
         _atomic_save(store / f"{s.name}.npy", result.features[s.name].cpu().numpy())
         meta = read_meta(store)
         meta.setdefault("models", {})[s.name] = {
-            **settings,
-            "arch": s.arch,
-            "weights": _weights_label(s),
+            **entries[s.name],
             "dim": int(result.features[s.name].shape[1]),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         _atomic_json(store / META_FILE, meta)
+    shutil.rmtree(store / PARTIAL_DIR, ignore_errors=True)
     return [s.name for s in todo], result
 
 
+def _extract_resumable(
+    store: Path,
+    models: Mapping[str, nn.Module],
+    dataset: Dataset,
+    transforms: Mapping[str, tuple[str, Callable]],
+    labels: np.ndarray,
+    record: Mapping[str, Any],
+    entries: Mapping[str, Any],
+    flush_every: float,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    bf16: bool = False,
+    keep_on_device: bool | None = None,  # unused: features are gathered in .partial/ files
+    progress: bool = True,
+) -> Extraction:
+    """:func:`extract_features` from the last flushed row, flushing to ``store/.partial/``."""
+    partial, n = store / PARTIAL_DIR, len(labels)
+    start, arrays = _resume(partial, record, entries, n)
+    if not start:
+        shutil.rmtree(partial, ignore_errors=True)
+    dev = _device(device)
+    pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # batches not yet flushed
+    pos = start
+
+    def flush() -> None:
+        _flush(partial, arrays, pending, pos, record, entries)
+        pending.clear()
+
+    bar = _progress(n, progress, initial=start)
+    began = flushed = time.perf_counter()
+    try:
+        remaining = Subset(dataset, range(start, n))
+        for y, out in _batches(models, remaining, transforms, dev, batch_size, num_workers, bf16):
+            if not np.array_equal(y, labels[pos : pos + len(y)]):
+                raise RuntimeError(f"the data loader returned labels out of order at row {pos}.")
+            pending.append((pos, out))
+            pos += len(y)
+            bar.update(len(y))
+            if (
+                time.perf_counter() - flushed >= flush_every
+                or pos - pending[0][0] >= _MAX_PENDING_ROWS
+            ):
+                flush()
+                flushed = time.perf_counter()
+        flush()
+    except BaseException as err:  # keep what was done: the re-run resumes from it
+        flush()
+        if isinstance(err, KeyboardInterrupt):
+            raise ExtractionInterrupted(store, pos, n) from None
+        raise
+    finally:
+        bar.close()
+    features = {name: torch.from_numpy(np.array(a)) for name, a in arrays.items()}
+    return Extraction(features, labels, time.perf_counter() - began, str(dev), start=start)
+
+
+def _resume(
+    partial: Path, record: Mapping[str, Any], entries: Mapping[str, Any], n: int
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Rows flushed by an earlier run of the same extraction, and their files (r+)."""
+    try:
+        progress = json.loads((partial / PROGRESS_FILE).read_text(encoding="utf-8"))
+        same = progress["digest"] == record["digest"] and progress["n_samples"] == n
+        if not same or any(progress["models"].get(k) != v for k, v in entries.items()):
+            return 0, {}
+        rows = int(progress["rows"])
+        arrays = {k: np.load(partial / f"{k}.npy", mmap_mode="r+") for k in entries}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0, {}
+    if not 0 < rows <= n or any(a.shape[0] != n or a.ndim != 2 for a in arrays.values()):
+        return 0, {}
+    return rows, arrays
+
+
+def _flush(
+    partial: Path,
+    arrays: dict[str, np.ndarray],
+    pending: Sequence[tuple[int, Mapping[str, torch.Tensor]]],
+    rows: int,
+    record: Mapping[str, Any],
+    entries: Mapping[str, Any],
+) -> None:
+    """Writes ``pending`` batches into ``partial/<model>.npy``, then records ``rows`` done.
+
+    The progress record is replaced atomically after the rows reach the files, so a
+    run killed at any point resumes from rows that were written.
+    """
+    partial.mkdir(exist_ok=True)
+    for pos, out in pending:
+        for name, feats in out.items():
+            if name not in arrays:
+                arrays[name] = np.lib.format.open_memmap(
+                    partial / f"{name}.npy",
+                    mode="w+",
+                    dtype=np.float32,
+                    shape=(record["n_samples"], feats.shape[1]),
+                )
+            arrays[name][pos : pos + len(feats)] = feats.cpu().numpy()
+    for array in arrays.values():
+        array.flush()
+    _atomic_json(
+        partial / PROGRESS_FILE,
+        {
+            "digest": record["digest"],
+            "n_samples": record["n_samples"],
+            "rows": rows,
+            "models": entries,
+        },
+    )
+
+
 def _weights_label(spec: ModelSpec) -> str:
-    return f"checkpoint:{spec.checkpoint}" if spec.checkpoint else str(spec.weights)
+    if spec.checkpoint:
+        return f"checkpoint:{spec.checkpoint}"
+    return f"random, seed {spec.seed}" if spec.weights is None else str(spec.weights)

@@ -7,7 +7,10 @@ its output is the classifier's input: the pooled penultimate features.
 Weights come from the torchvision weights API (``"DEFAULT"`` or an enum name such
 as ``"IMAGENET1K_V1"``; downloaded into the torch hub cache when online), from a
 local checkpoint (loaded with ``weights_only=True``), or are left random
-(``None``). Zoos are declared in TOML::
+(``None``; seeded with the zoo's seed and the model's name, so that a run is
+reproducible). Model names become file names in feature stores: letters, digits,
+``.``, ``_`` and ``-`` only (see :func:`check_model_names`). Zoos are declared in
+TOML::
 
     [[model]]
     name = "moco-v2"
@@ -25,8 +28,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +97,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Checkpoint key prefixes stripped when loading: DataParallel, MoCo's query encoder, generic backbones.
 _PREFIXES = ("module.", "encoder_q.", "backbone.", "encoder.", "model.")
+# Model names are file names in a feature store: a safe character set, and not the store's own files.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RESERVED_NAMES = ("labels", "meta")
 
 
 class WeightsError(OSError):
@@ -102,13 +111,50 @@ class ModelSpec:
     """One model of a zoo: a display name, a torchvision architecture and its weights.
 
     ``weights`` is ``"DEFAULT"``, a weights enum name, or None (random); ``checkpoint``
-    a local file that overrides ``weights``.
+    a local file that overrides ``weights``; ``seed`` seeds random initialisation
+    (with a stable offset per model name, see :func:`init_seed`).
     """
 
     name: str
     arch: str
     weights: str | None = "DEFAULT"
     checkpoint: str | None = None
+    seed: int = 0
+
+
+def init_seed(spec: ModelSpec) -> int:
+    """The torch seed of ``spec``'s random initialisation: its seed plus a stable
+    offset from its name (CRC-32, not Python's salted ``hash``)."""
+    return (spec.seed + zlib.crc32(spec.name.encode())) % 2**64
+
+
+def check_model_names(names: Sequence[Any], where: str) -> None:
+    """Refuses model names that are unsafe as file names, reserved, or not unique.
+
+    A name is letters, digits, ``.``, ``_`` and ``-`` (starting with a letter or a
+    digit, at most 100 characters, no ``..``), not ``labels`` or ``meta``, and unique
+    ignoring case (file systems may fold it). ``where`` names the zoo in the error.
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(
+                f"{where}: model name {name!r} is not a safe file name (letters, digits, "
+                "'.', '_', '-'; starting with a letter or digit; at most 100 characters; "
+                "no '..')."
+            )
+        key = name.lower()
+        if key in RESERVED_NAMES:
+            raise ValueError(
+                f"{where}: model name {name!r} is reserved (the feature store's own "
+                f"{key} file); rename the model."
+            )
+        if key in seen:
+            raise ValueError(
+                f"{where}: model names {seen[key]!r} and {name!r} clash (names must be "
+                "unique, ignoring case)."
+            )
+        seen[key] = name
 
 
 def classifier_path(arch: str) -> tuple[str, int | None]:
@@ -163,6 +209,51 @@ def _weights_enum(arch: str, weights: str):
 def expected_weights_file(weights_enum) -> Path:
     """The torch hub cache file torchvision reads these weights from."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_enum.url)
+
+
+def _looks_loadable(path: Path) -> bool:
+    """A cheap check of a cached weights file: a complete zip (torch.save's format)
+    or a legacy pickle; catches empty, truncated and HTML-error-page files."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) if head == b"PK" else head[:1] == b"\x80"
+
+
+def check_weights(specs: Sequence[ModelSpec], *, download: bool = True) -> None:
+    """Makes sure every pre-trained weights file of ``specs`` is cached, before any work.
+
+    Missing files are downloaded into the torch hub cache (``download``); after the
+    first failed download (offline) no other is tried.
+
+    Raises:
+      WeightsError: one message listing every file missing (with its URL) or corrupt.
+    """
+    problems, offline = [], None
+    for spec in specs:
+        if spec.checkpoint is not None or spec.weights is None:
+            continue
+        enum = _weights_enum(spec.arch, spec.weights)
+        path = expected_weights_file(enum)
+        if not path.is_file() and download and offline is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(enum.url, str(path), progress=False)
+            except Exception as err:  # urllib/HTTP/OS errors offline
+                offline = f"{type(err).__name__}: {err}"
+        if not path.is_file():
+            problems.append(f"model {spec.name!r}: {path} is missing (from {enum.url})")
+        elif not _looks_loadable(path):
+            problems.append(f"model {spec.name!r}: {path} is corrupt (delete it; from {enum.url})")
+    if problems:
+        raise WeightsError(
+            f"{len(problems)} pre-trained weights file(s) cannot be had"
+            + (f" (download failed: {offline})" if offline else "")
+            + ": "
+            + "; ".join(problems)
+            + ". Download them on a machine with network access into "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} (or point TORCH_HOME at a cache "
+            "that has them)."
+        )
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -222,27 +313,49 @@ def load_checkpoint(model: nn.Module, arch: str, path: str | os.PathLike) -> Non
             f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
             f"{' ...' if len(unexpected) > 10 else ''}."
         )
+    shapes = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(shapes[k].shape)})"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(shapes[k].shape)
+    ]
+    if wrong:
+        raise ValueError(
+            f"{path}: tensors of the wrong shape for {arch!r}: {', '.join(wrong[:5])}"
+            f"{' ...' if len(wrong) > 5 else ''}."
+        )
     model.load_state_dict(state)
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
     """The eval-mode model of ``spec``, cut at its penultimate layer.
 
+    Random initialisation (no weights, or before a checkpoint is loaded) is seeded
+    with :func:`init_seed`, without disturbing torch's global random state.
+
     Raises:
       WeightsError: pre-trained weights that are neither cached nor downloadable,
-        naming the file expected in the torch hub cache.
+        naming the file expected in the torch hub cache (or the cached file as corrupt).
     """
     _check_arch(spec.arch)
     if spec.checkpoint is not None or spec.weights is None:
         kwargs = {}
         if spec.arch in ("inception_v3", "googlenet"):
             kwargs = {"aux_logits": False, "init_weights": True}
-        model = torchvision.models.get_model(spec.arch, weights=None, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed(spec))
+            model = torchvision.models.get_model(spec.arch, weights=None, **kwargs)
     else:
         enum = _weights_enum(spec.arch, spec.weights)
         try:
             model = torchvision.models.get_model(spec.arch, weights=enum, progress=False)
         except Exception as err:  # urllib/HTTP/OS errors offline, corrupt cache files
+            cached = expected_weights_file(enum)
+            if cached.is_file():
+                raise WeightsError(
+                    f"model {spec.name!r}: the cached weights file {cached} is corrupt "
+                    f"({type(err).__name__}: {err}); delete it and download {enum.url} again."
+                ) from None
             raise WeightsError(
                 f"model {spec.name!r}: cannot load weights {enum} ({type(err).__name__}: {err}). "
                 f"Expected the file {expected_weights_file(enum)}: download {enum.url} on a "
@@ -273,10 +386,14 @@ def native_transform(spec: ModelSpec):
     return _weights_enum(spec.arch, spec.weights).transforms()
 
 
-def resolve_zoo(zoo: str, *, weights: str | None = "DEFAULT") -> list[ModelSpec]:
-    """Model specs from a preset name (``group1``), a TOML zoo file, or ``a,b,c``."""
+def resolve_zoo(zoo: str, *, weights: str | None = "DEFAULT", seed: int = 0) -> list[ModelSpec]:
+    """Model specs from a preset name (``group1``), a TOML zoo file, or ``a,b,c``.
+
+    ``seed`` seeds the random initialisation of models without weights. Names are
+    checked (:func:`check_model_names`) before anything runs.
+    """
     if zoo in PRESETS:
-        return [ModelSpec(name, name, weights) for name in PRESETS[zoo]]
+        return [ModelSpec(name, name, weights, seed=seed) for name in PRESETS[zoo]]
     if zoo == "group2":
         raise ValueError(
             "group2 (self-supervised ResNet-50s) is run from local checkpoints: "
@@ -306,13 +423,14 @@ def resolve_zoo(zoo: str, *, weights: str | None = "DEFAULT") -> list[ModelSpec]
                     arch=entry["arch"],
                     weights=entry.get("weights", weights),
                     checkpoint=ckpt,
+                    seed=seed,
                 )
             )
+        check_model_names([s.name for s in specs], f"zoo file {path}")
     else:
-        specs = [ModelSpec(name, name, weights) for name in zoo.split(",") if name.strip()]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"zoo {zoo!r}: model names must be unique; got {names}.")
+        names = [name.strip() for name in zoo.split(",") if name.strip()]
+        check_model_names(names, f"--zoo {zoo!r}")
+        specs = [ModelSpec(name, name, weights, seed=seed) for name in names]
     for s in specs:
         _check_arch(s.arch)
     return specs

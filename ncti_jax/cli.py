@@ -707,10 +707,10 @@ def _extract_to_store(args: argparse.Namespace, specs, ds, store: str):
 def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> int:
     """One line for Ctrl-C during extraction (no traceback); exit status 130."""
     if hasattr(err, "done"):  # bridges.extract.ExtractionInterrupted: the rows done are stored
-        what = f"after {err.done}/{err.total} images; rerun the same command to resume"
+        what = f" after {err.done}/{err.total} images; rerun the same command to resume"
     else:
-        what = "before any features were stored"
-    print(f"ncti {args.command}: interrupted {what}", file=sys.stderr)
+        what = ": no new features were stored"
+    print(f"ncti {args.command}: interrupted{what}", file=sys.stderr)
     return 130
 
 
@@ -760,7 +760,14 @@ def _rank(args: argparse.Namespace) -> int:
         feats = {name: dlpack.to_jax(t) for name, t in result.features.items()}
         labels, seconds = result.labels, result.seconds
     start = time.perf_counter()
-    scored = score_zoo(feats, labels, n_components=args.n_components, precision=args.precision)
+    resume = (
+        f"interrupted while scoring; the features are in --store {args.store}: "
+        f"'ncti score {args.store}' scores them without extracting again"
+        if args.store
+        else "interrupted while scoring; nothing was written (--store DIR keeps the features)"
+    )
+    with _ExitOnInterrupt(resume):
+        scored = score_zoo(feats, labels, n_components=args.n_components, precision=args.precision)
     score_seconds = time.perf_counter() - start
     records = scored.to_records()
     settings = {

@@ -146,3 +146,17 @@ def test_fewshot_wide_fused_keeps_every_direction(rng, mode):
         result = score(feats, y, strategy="fused")
     report = regimes.compare(result, ref)
     assert report["problems"] == [], report
+
+
+def test_fidelity_issue_generator_seeds_that_gave_nan():
+    """The fidelity issue's post-ReLU generator (N = 5000, D = 512, C = 10): without the
+    flush of sub-eps^2 probabilities, seeds 20 and 28 still give a NaN vc on the default
+    path (float32 eigh of near one-hot class Grams). Fixed seeds: a regression test."""
+    from benchmarks.fidelity import _issue_model
+
+    feats = {f"seed{s}": _issue_model(s) for s in (20, 28, 3)}
+    y = np.arange(5000) % 10
+    result = score(feats, y)
+    assert result.ranked().all()
+    report = regimes.compare(result, ref_of(feats, y))
+    assert report["problems"] == [], report
