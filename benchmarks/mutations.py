@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -164,7 +165,8 @@ def run_mutant(mutant: Mutant, tests: list[str], timeout: float) -> tuple[str, f
         if text.count(mutant.old) != 1:
             return "not applicable (the line has changed: update the mutant)", 0.0
         target.write_text(text.replace(mutant.old, mutant.new))
-        env = dict(os.environ, PYTHONPATH=str(tree), NCTI_JAX_CACHE="off")
+        seed = os.environ.get("NCTI_TEST_SEED") or str(secrets.randbits(32))
+        env = dict(os.environ, PYTHONPATH=str(tree), NCTI_JAX_CACHE="off", NCTI_TEST_SEED=seed)
         start = time.perf_counter()
         try:
             proc = subprocess.run(
@@ -181,10 +183,8 @@ def run_mutant(mutant: Mutant, tests: list[str], timeout: float) -> tuple[str, f
         if proc.returncode == 0:
             return "MISSED", seconds
         failed = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
-        return (
-            f"caught by {failed[0].removeprefix('FAILED ')[:90] if failed else 'an error'}",
-            seconds,
-        )
+        by = failed[0].removeprefix("FAILED ")[:90] if failed else "an error"
+        return f"caught by {by} (NCTI_TEST_SEED={seed})", seconds
 
 
 def main(argv: list[str] | None = None) -> int:
