@@ -12,6 +12,10 @@ Two strategies compute the same thing:
   for a model wider or longer than device memory.
 
 ``"auto"`` picks streaming on CPU, fused elsewhere when one model per device fits.
+
+The plan also says where the PCA's eigenproblems are solved (``host_solve``): in
+float64 on the host on CPU, in the computation dtype on the device elsewhere, or
+on CPU inside :func:`device_numerics` (how the accelerator path is tested).
 """
 
 from __future__ import annotations
