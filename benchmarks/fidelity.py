@@ -40,24 +40,16 @@ import numpy as np
 from ncti_jax import regimes
 
 
-def _issue_model(seed: int, n: int = 5000, d: int = 512, c: int = 10) -> np.ndarray:
-    y = np.arange(n) % c
-    r = np.random.default_rng(1000 + seed)
-    lat = r.normal(size=(c, 32))[y] * 1.1 + r.normal(size=(n, 32))
-    x = lat @ r.normal(size=(32, d)) / 5 + 0.3 * r.normal(size=(n, d))
-    return np.maximum(x, 0).astype(np.float32)
-
-
 def case_zoos(name: str) -> list[tuple[str, dict[str, np.ndarray], np.ndarray]]:
     """``[(label, features, labels)]``: the zoos of one case."""
     if name == "collapsed-seeds":
-        feats = {f"seed{s:02d}": _issue_model(s) for s in range(30)}
+        feats = {f"seed{s:02d}": regimes.fidelity_issue_model(s) for s in range(30)}
         return [(name, feats, np.arange(5000) % 10)]
     if name == "shifted-column":
-        base = _issue_model(10)
+        base = regimes.fidelity_issue_model(10)
         shifted = base.copy()
         shifted[:, 7] += 1000.0
-        weak = _issue_model(3)[:, ::-1] * 0.5 + np.random.default_rng(0).random(
+        weak = regimes.fidelity_issue_model(3)[:, ::-1] * 0.5 + np.random.default_rng(0).random(
             (5000, 512), np.float32
         )
         feats = {"base": base, "shifted": shifted, "weaker": weak.astype(np.float32)}

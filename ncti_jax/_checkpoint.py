@@ -32,8 +32,9 @@ class CheckpointError(RuntimeError):
 
 
 def content_digest(x: Any, rows: int = 8192) -> str:
-    """BLAKE2b of one model's feature values, read in row blocks (memory-mapped files
-    and :class:`ncti_jax.RowChunks` too), with its dtype and shape."""
+    """BLAKE2b of an array's values (a model's features, the labels), read in row
+    blocks (memory-mapped files and :class:`ncti_jax.RowChunks` too), with its dtype
+    and shape: the one content digest of the engine."""
     from ._stream import iter_rows
 
     h = hashlib.blake2b(digest_size=16)

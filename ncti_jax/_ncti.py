@@ -456,7 +456,7 @@ def _context(features, dims, k_eff, lab, dt, precision, strategy, devices, memor
     if not local_devices:
         raise ValueError("devices: none of them belongs to this process.")
     if _shard.multi_process():
-        _shard.check_same("labels", _shard.digest(lab.codes))
+        _shard.check_same("labels", bytes.fromhex(content_digest(lab.codes)))
     k = _shard.agree_max(max(k_eff.values()))
     d_max = _shard.agree_max(max(dims.values()))
     plan = make_plan(
@@ -584,7 +584,7 @@ def _fingerprint(ctx: _Context, labels: _validate.Labels, k_req: int) -> dict[st
         "models": {
             m: [ctx.n, ctx.dims[m], content_digest(x, ctx.rows)] for m, x in ctx.features.items()
         },
-        "labels_sha256": _shard.digest(labels.codes).hex(),
+        "labels_digest": content_digest(labels.codes),
         "n_components": k_req,
         "k": ctx.k,
         "dtype": str(ctx.dtype),

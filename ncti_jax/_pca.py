@@ -13,13 +13,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._linalg import covariance_top_eigh, top_eigh
+from ._linalg import covariance_top_eigh, solves_in_float64, top_eigh
 
 
-def power_of_two_scale(m: jax.Array) -> jax.Array:
-    """The power of two ``2**e >= m`` nearest above ``m > 0`` (1 for ``m == 0``)."""
-    _, e = jnp.frexp(m)
-    return jnp.where(m > 0, jnp.ldexp(jnp.ones_like(m), jnp.minimum(e, 127)), 1.0)
+def power_of_two_scale(m):
+    """The power of two ``2**e >= m`` nearest above ``m > 0`` (1 for ``m == 0``);
+    NumPy in, NumPy out (the host path), JAX otherwise."""
+    xp = np if isinstance(m, (np.ndarray, np.generic)) else jnp
+    _, e = xp.frexp(m)
+    return xp.where(m > 0, xp.ldexp(xp.ones_like(m), xp.minimum(e, 127)), 1.0)
+
+
+def chunk_scale(block, shift):
+    """The scale of a streamed model, from its first row chunk: a power of two near the
+    largest ``|block - shift|``, or ``|block|`` if the chunk is constant, or 1."""
+    xp = np if isinstance(block, np.ndarray) else jnp
+    dev = xp.max(xp.abs(block - shift))
+    return power_of_two_scale(xp.where(dev > 0, dev, xp.max(xp.abs(block))))
 
 
 def pca_project(
@@ -91,8 +101,6 @@ def rounding_floors(
 
 
 def solve_dtype_for(dtype):
-    from ._linalg import solves_in_float64
-
     return jnp.float64 if solves_in_float64() else dtype
 
 

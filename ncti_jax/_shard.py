@@ -14,7 +14,6 @@ each process feeds the rows of the global arrays that its own devices hold
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -122,15 +121,6 @@ def check_same(what: str, digest: bytes) -> None:
             f"{what} differ between processes (process(es) {bad} disagree with process 0); "
             "every process must pass the same samples in the same order."
         )
-
-
-def digest(*arrays: np.ndarray) -> bytes:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.digest()
 
 
 def allgather_names(names: Sequence[str]) -> list[list[str]]:

@@ -37,7 +37,7 @@ import scipy.linalg
 from scipy.linalg import blas
 
 from ._linalg import top_eigh
-from ._pca import power_of_two_scale, rounding_floors
+from ._pca import chunk_scale, rounding_floors
 
 # Rows per chunk when the engine slices an in-memory or memory-mapped array:
 # large enough for BLAS to run at full rate, small enough to stay a few tens of MB.
@@ -134,15 +134,6 @@ class TopComponents:
     floors: np.ndarray | jax.Array  # (k,) rounding level of each eigenvalue (_pca.rounding_floors)
 
 
-def _host_scale(block: np.ndarray, shift: np.ndarray) -> float:
-    """A power of two near the largest ``|block - shift|`` (or ``|block|``, or 1)."""
-    for m in (np.max(np.abs(block - shift)), np.max(np.abs(block))):
-        m = float(m)
-        if m > 0 and np.isfinite(m):
-            return float(np.ldexp(1.0, min(np.frexp(m)[1], 127)))
-    return 1.0
-
-
 # --- host flavour -------------------------------------------------------------
 
 
@@ -169,7 +160,7 @@ def host_pca(
         block = _host(block, dtype)
         if shift is None:
             shift = block.mean(axis=0, dtype=np.float64).astype(dtype)
-            scale = _host_scale(block, shift)
+            scale = float(chunk_scale(block, shift))
             inv_scale = dtype.type(1.0 / scale)
             total = np.zeros(d, np.float64)
             if wide:
@@ -263,8 +254,7 @@ class Moments:
 @jax.jit
 def _start(block: jax.Array) -> Moments:
     shift = jnp.mean(block, axis=0)
-    dev = jnp.max(jnp.abs(block - shift))
-    scale = power_of_two_scale(jnp.where(dev > 0, dev, jnp.max(jnp.abs(block))))
+    scale = chunk_scale(block, shift)
     d = block.shape[1]
     return Moments(shift, scale, jnp.zeros(d, block.dtype), jnp.zeros((d, d), block.dtype))
 

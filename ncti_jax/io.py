@@ -274,17 +274,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
+
+
 def _csv_cell(value: Any) -> Any:
     """Text that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR
     first) gets a leading apostrophe: model names are user input. Numbers are left alone."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if isinstance(value, str) and value[:1] in _FORMULA_START:
         return "'" + value
     return value
 
 
 def _csv_uncell(value: str) -> str:
     """Undoes :func:`_csv_cell` (an apostrophe before text that would run as a formula)."""
-    if value[:1] == "'" and value[1:2] in ("=", "+", "-", "@", "\t", "\r"):
+    if value[:1] == "'" and value[1:2] and value[1:2] in _FORMULA_START:
         return value[1:]
     return value
 

@@ -50,3 +50,20 @@ def x64():
     """64-bit JAX for the duration of one test, restored afterwards."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """A tiny ImageFolder for the torch bridge: 3 classes x 8 images, each class a
+    different mean colour."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog", "fox")):
+        (root / name).mkdir()
+        for i in range(8):
+            base = np.zeros((48, 40, 3)) + 60 * c + 30
+            pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root

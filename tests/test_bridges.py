@@ -12,27 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from PIL import Image  # noqa: E402
-
 from bridges import datasets, dlpack, extract, models  # noqa: E402
 from ncti_jax import cli, io  # noqa: E402
 
 SIZE = 64  # a small input size keeps random-initialised CNNs fast on CPU
 pytestmark = pytest.mark.filterwarnings("ignore:.*n_components reduced:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """3 classes x 8 images, each class a different mean colour."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("cat", "dog", "fox")):
-        (root / name).mkdir()
-        for i in range(8):
-            base = np.zeros((48, 40, 3)) + 60 * c + 30
-            pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
 
 
 def spec(arch, name=None):

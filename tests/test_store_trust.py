@@ -20,26 +20,19 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from PIL import Image  # noqa: E402
-
 from bridges import datasets, extract, models  # noqa: E402
 from ncti_jax import cli, io  # noqa: E402
 
 SIZE = 32  # tiny inputs keep random-initialised CNNs fast on CPU
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """3 classes x 8 images."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("cat", "dog", "fox")):
-        (root / name).mkdir()
-        for i in range(8):
-            pixels = rng.integers(0, 255, (40, 36, 3), dtype=np.uint8) // (c + 1)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+# extract_to_store's arguments for the toy folder, on CPU.
+STORE_KW = {
+    "dataset_name": "toy",
+    "image_size": SIZE,
+    "batch_size": 5,
+    "device": "cpu",
+    "progress": False,
+}
 
 
 def common(image_folder, zoo="resnet18", *extra):
@@ -316,14 +309,7 @@ def test_an_interrupted_extension_keeps_the_store_readable(image_folder, tmp_pat
         models.ModelSpec("a", "resnet18", None),
         models.ModelSpec("b", "mobilenet_v3_small", None),
     )
-    kw = {
-        "dataset_name": "toy",
-        "image_size": SIZE,
-        "batch_size": 5,
-        "device": "cpu",
-        "progress": False,
-        "flush_every": 0,
-    }
+    kw = {**STORE_KW, "flush_every": 0}
     extract.extract_to_store([a], ds, store, **kw)
     loader = Counter(stop_at=7)
     folder = torchvision.datasets.ImageFolder(str(image_folder), loader=loader)
@@ -370,13 +356,7 @@ def test_a_killed_extraction_resumes_from_the_last_flush(image_folder, tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert json.loads((store / ".partial" / "progress.json").read_text())["rows"] == 10
 
-    kw = {
-        "dataset_name": "toy",
-        "image_size": SIZE,
-        "batch_size": 5,
-        "device": "cpu",
-        "progress": False,
-    }
+    kw = dict(STORE_KW)
     spec = models.ModelSpec("a", "resnet18", None)
     loader = Counter()
     folder = torchvision.datasets.ImageFolder(str(image_folder), loader=loader)
