@@ -33,6 +33,38 @@ def _device_peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
+def _plan_bytes(features, labels) -> int | None:
+    """Device bytes the memory planner expects one fused call to fill (``None``: not fused).
+
+    Recorded beside the measured device peak, which also holds the features of the
+    ``jax-device`` contender (already on the device before the call).
+    """
+    import jax
+    import numpy as np
+
+    from ncti_jax import _plan
+
+    n, d_max = len(labels), max(x.shape[1] for x in features.values())
+    n_classes, k = len(np.unique(np.asarray(labels))), min(64, len(labels) - 1, d_max)
+    plan = _plan.make_plan(
+        "auto",
+        device=jax.local_devices()[0],
+        n_local_devices=jax.local_device_count(),
+        n_models=len(features),
+        n=n,
+        d_max=d_max,
+        k=k,
+        n_classes=n_classes,
+        itemsize=4,
+        memory_limit=None,
+        widest="",
+    )
+    if plan.strategy != "fused":
+        return None
+    per_device = plan.models_per_call // jax.local_device_count()
+    return per_device * _plan.fused_bytes(n, d_max, k, n_classes, 4)
+
+
 def measure(
     contender: contenders.Contender,
     store: Path,
@@ -77,6 +109,13 @@ def measure(
     record["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if contender.engine == "jax":
         record["device_peak_bytes"] = _device_peak_bytes()
+        record["plan_bytes"] = _plan_bytes(features, labels)
+        if record["device_peak_bytes"] is not None:
+            planned = record["plan_bytes"]
+            _say(
+                f"{label}: device peak {record['device_peak_bytes'] / 2**30:.2f} GiB; the plan "
+                + (f"expects {planned / 2**30:.2f} GiB per call" if planned else "is not fused")
+            )
     return record
 
 
