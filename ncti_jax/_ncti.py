@@ -24,7 +24,8 @@ from ._nuclear import nuclear_norm
 from ._pad import ClassLayout, class_layout, stack_zoo
 from ._pca import mask_components, pca_project
 from ._plan import Plan, make_plan
-from ._stream import DEFAULT_CHUNK_ROWS, device_pca, host_pca
+from ._stream import device_pca, host_pca
+from .defaults import CHUNK_ROWS, N_COMPONENTS
 
 # The authors' branch rule: the svd solver when the shrinkage clamps at this floor.
 SHRINKAGE_FLOOR = 1e-10
@@ -333,14 +334,14 @@ def score_zoo(
     features: Mapping[str, Any] | ArrayLike,
     labels: ArrayLike,
     *,
-    n_components: int = 64,
+    n_components: int = N_COMPONENTS,
     precision: str | jax.lax.Precision = "highest",
     dtype: Any = None,
     names: Any = None,
     strategy: str = "auto",
     devices: Sequence[jax.Device] | None = None,
     memory_limit: int | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = CHUNK_ROWS,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> NCTIResult:

@@ -29,8 +29,9 @@ from typing import Literal
 
 import jax
 
+from .defaults import STRATEGIES
+
 Strategy = Literal["auto", "fused", "streaming"]
-STRATEGIES = ("auto", "fused", "streaming")
 
 # Share of the free device memory a plan may fill (XLA needs headroom for its own buffers).
 _HEADROOM = 0.8

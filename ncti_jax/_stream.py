@@ -38,10 +38,7 @@ from scipy.linalg import blas
 
 from ._linalg import top_eigh
 from ._pca import chunk_scale, rounding_floors
-
-# Rows per chunk when the engine slices an in-memory or memory-mapped array:
-# large enough for BLAS to run at full rate, small enough to stay a few tens of MB.
-DEFAULT_CHUNK_ROWS = 4096
+from .defaults import CHUNK_ROWS
 
 
 class RowChunks:
@@ -138,7 +135,7 @@ class TopComponents:
 
 
 def host_pca(
-    name: str, x: Any, k: int, dtype: np.dtype, *, rows: int = DEFAULT_CHUNK_ROWS
+    name: str, x: Any, k: int, dtype: np.dtype, *, rows: int = CHUNK_ROWS
 ) -> tuple[np.ndarray, TopComponents]:
     """Both passes on the host: returns the (N, k) projection and pass 1's result.
 
@@ -287,7 +284,7 @@ def device_pca(
     k: int,
     dtype: np.dtype,
     *,
-    rows: int = DEFAULT_CHUNK_ROWS,
+    rows: int = CHUNK_ROWS,
     device: jax.Device | None = None,
     precision: str = "highest",
 ) -> tuple[jax.Array, TopComponents]:
