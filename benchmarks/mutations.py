@@ -37,7 +37,7 @@ class Mutant:
 MUTANTS = (
     Mutant(
         "swap-normalised",
-        "ncti_jax/_ncti.py",
+        "ncti_jax/_result.py",
         "return norm[:, 0], norm[:, 1], norm[:, 2], norm[:, 0] + norm[:, 1] - norm[:, 2]",
         "return norm[:, 1], norm[:, 0], norm[:, 2], norm[:, 0] + norm[:, 1] - norm[:, 2]",
         "normalise_zoo swaps etf_norm and ncc_norm",
@@ -45,8 +45,8 @@ MUTANTS = (
     Mutant(
         "uncentred-gram",
         "ncti_jax/_pca.py",
-        "evals, evecs = top_eigh(xc @ xc.T, k)",
-        "evals, evecs = top_eigh((x / scale) @ (x / scale).T, k)",
+        "evals, evecs = linalg.top_eigh(xc @ xc.T, k)",
+        "evals, evecs = linalg.top_eigh((x / scale) @ (x / scale).T, k)",
         "the fused path's N < D PCA uses the uncentred Gram",
     ),
     Mutant(
@@ -68,7 +68,7 @@ MUTANTS = (
     ),
     Mutant(
         "shrinkage-floor-1e-8",
-        "ncti_jax/_ncti.py",
+        "ncti_jax/_kernel.py",
         "SHRINKAGE_FLOOR = 1e-10",
         "SHRINKAGE_FLOOR = 1e-8",
         "the shrinkage floor moved from 1e-10 to 1e-8",
@@ -76,13 +76,13 @@ MUTANTS = (
     Mutant(
         "sqrt-gram-singular-values",
         "ncti_jax/_nuclear.py",
-        "    _, v = eigh(a.T @ a)\n    v = v[:, ::-1]\n    return jnp.linalg.norm(a @ v, axis=0), v",
-        "    w, v = eigh(a.T @ a)\n    v = v[:, ::-1]\n    return jnp.sqrt(jnp.clip(w[::-1], 0.0)), v",
+        "    _, v = linalg.eigh(a.T @ a)\n    v = v[:, ::-1]\n    return jnp.linalg.norm(a @ v, axis=0), v",
+        "    w, v = linalg.eigh(a.T @ a)\n    v = v[:, ::-1]\n    return jnp.sqrt(jnp.clip(w[::-1], 0.0)), v",
         "singular values as square roots of Gram eigenvalues",
     ),
     Mutant(
         "no-probability-flush",
-        "ncti_jax/_ncti.py",
+        "ncti_jax/_kernel.py",
         "probs = jnp.where(probs < jnp.finfo(probs.dtype).eps ** 2, 0.0, probs)",
         "probs = probs",
         "probabilities below eps**2 reach the eigensolvers (NaN vc on collapsed models)",
@@ -103,7 +103,7 @@ MUTANTS = (
     ),
     Mutant(
         "shrinkage-ignores-scale",
-        "ncti_jax/_ncti.py",
+        "ncti_jax/_kernel.py",
         "top = jnp.sum(variances[:SHRINKAGE_TOP]) * scale * scale",
         "top = jnp.sum(variances[:SHRINKAGE_TOP])",
         "the shrinkage rule sees the rescaled features' variances",
@@ -124,7 +124,7 @@ MUTANTS = (
     ),
     Mutant(
         "padded-class-blocks",
-        "ncti_jax/_ncti.py",
+        "ncti_jax/_kernel.py",
         "        elif rows < c:",
         "        elif False:",
         "wide per-class probability blocks through the Gram instead of a direct SVD",

@@ -18,10 +18,10 @@ Example:
 from importlib.metadata import PackageNotFoundError, version
 
 from ._checkpoint import CheckpointError as CheckpointError
-from ._ncti import NCTIResult as NCTIResult
-from ._ncti import Status as Status
-from ._ncti import normalise_zoo as normalise_zoo
-from ._ncti import score_zoo as score_zoo
+from ._result import NCTIResult as NCTIResult
+from ._result import Status as Status
+from ._result import normalise_zoo as normalise_zoo
+from ._score import score_zoo as score_zoo
 from ._stream import RowChunks as RowChunks
 
 try:

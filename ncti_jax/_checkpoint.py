@@ -10,7 +10,7 @@ most one call's work and ends with the result of an uninterrupted run.
 
 Orbax writes each step to a temporary directory and renames it when complete, so
 a job killed mid-save leaves the previous step intact. The saved arrays also
-carry a SHA-256 digest that is checked on restore: a checkpoint that does not
+carry a digest (:func:`content_digest` of each field) that is checked on restore: a checkpoint that does not
 match its digest or its fingerprint raises :class:`CheckpointError` instead of
 being reused.
 """
@@ -23,8 +23,6 @@ import os
 from typing import Any
 
 import numpy as np
-
-_FIELDS = ("components", "pca_rank", "shrinkage", "eigen_solver")
 
 
 class CheckpointError(RuntimeError):
@@ -59,12 +57,9 @@ def _changed(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
 
 
 def _digest(names: list[str], tree: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256("\n".join(names).encode())
-    for f in _FIELDS:
-        a = np.ascontiguousarray(tree[f])
-        h.update(f"{f}:{a.dtype}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    """The digest of a saved step: its model names and each field's content digest."""
+    parts = ["\n".join(names), *(f"{f}:{content_digest(a)}" for f, a in sorted(tree.items()))]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
 
 
 class Checkpoint:
@@ -74,9 +69,13 @@ class Checkpoint:
       directory: where the steps live (created if missing).
       fingerprint: JSON-serialisable description of the run; a restore from a
         different fingerprint raises.
+      fields: the names of each model's saved arrays (the kernel's
+        :data:`ncti_jax._kernel.RAW_FIELDS`).
     """
 
-    def __init__(self, directory: str | os.PathLike, fingerprint: dict[str, Any]):
+    def __init__(
+        self, directory: str | os.PathLike, fingerprint: dict[str, Any], *, fields: tuple[str, ...]
+    ):
         try:
             import orbax.checkpoint as ocp
         except ImportError:  # pragma: no cover - orbax is a dependency of resumable runs
@@ -84,6 +83,7 @@ class Checkpoint:
                 "checkpoint= needs orbax-checkpoint: pip install 'ncti-jax[resume]'"
             ) from None
         self._ocp = ocp
+        self.fields = tuple(fields)
         self.directory = os.path.abspath(os.fspath(directory))
         self.fingerprint = json.loads(json.dumps(fingerprint))  # normalised, e.g. tuples
         # Every process keeps its own models' results in its own directory: no primary host.
@@ -117,7 +117,7 @@ class Checkpoint:
                 ),
             )
             meta, state = restored["meta"], restored["state"]
-            tree = {f: np.asarray(state[f]) for f in _FIELDS}
+            tree = {f: np.asarray(state[f]) for f in self.fields}
             names = list(meta["names"])
         except Exception as err:
             raise CheckpointError(
@@ -135,12 +135,12 @@ class Checkpoint:
                 f"{where} does not match its digest: its files were modified or "
                 "truncated. Delete it to start over."
             )
-        return {name: {f: tree[f][i] for f in _FIELDS} for i, name in enumerate(names)}
+        return {name: {f: tree[f][i] for f in self.fields} for i, name in enumerate(names)}
 
     def save(self, done: dict[str, dict[str, np.ndarray]]) -> None:
         """Saves every finished model (step = how many)."""
         names = list(done)
-        tree = {f: np.stack([np.asarray(done[m][f]) for m in names]) for f in _FIELDS}
+        tree = {f: np.stack([np.asarray(done[m][f]) for m in names]) for f in self.fields}
         meta = {"fingerprint": self.fingerprint, "names": names, "digest": _digest(names, tree)}
         ocp = self._ocp
         self._manager.save(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._linalg import cho_solve, cholesky, eigh, solve_triangular
+from ._linalg import Linalg
 from ._nuclear import right_singular
 
 # scikit-learn's LinearDiscriminantAnalysis(tol=1e-4): singular values of the
@@ -40,7 +40,9 @@ def _rank_floor(dtype, k: int) -> float:
     return float((k * jnp.finfo(dtype).eps) ** 0.5)
 
 
-def lda_svd(z: jax.Array, stats: ClassStats, n_out: jax.Array) -> tuple[jax.Array, jax.Array]:
+def lda_svd(
+    z: jax.Array, stats: ClassStats, n_discriminants: jax.Array, linalg: Linalg
+) -> tuple[jax.Array, jax.Array]:
     """scikit-learn's ``solver="svd"``.
 
     Masked PCA columns are zero in ``z``: their std is set to 1 and they add only
@@ -49,21 +51,22 @@ def lda_svd(z: jax.Array, stats: ClassStats, n_out: jax.Array) -> tuple[jax.Arra
     Args:
       z: (N, k) projection, zero on masked columns.
       stats: class statistics of ``z``.
-      n_out: scalar, the number of transform columns to keep, ``min(C - 1, k_valid)``.
+      n_discriminants: scalar, the transform columns to keep, ``min(C - 1, pca_rank)``.
+      linalg: how the linear algebra is traced.
     """
     n, k = z.shape
     c = stats.counts.shape[0]
     dtype = z.dtype
     std = jnp.std(stats.within, axis=0)
     std = jnp.where(std == 0, 1.0, std)
-    s, v = right_singular(stats.within / std / jnp.sqrt(jnp.asarray(n, dtype)))
+    s, v = right_singular(stats.within / std / jnp.sqrt(jnp.asarray(n, dtype)), linalg)
     floor = _rank_floor(dtype, k) * jnp.max(s)
     keep = (s > TOL) & (s > floor)
     w1 = jnp.where(keep, v / std[:, None] / jnp.where(keep, s, 1.0), 0.0)
 
     centred_means = stats.means - stats.xbar
     weights = jnp.sqrt(n * stats.priors / max(c - 1, 1))
-    s2, v2 = right_singular((weights[:, None] * centred_means) @ w1)
+    s2, v2 = right_singular((weights[:, None] * centred_means) @ w1, linalg)
     rel = max(TOL, _rank_floor(dtype, k))
     keep2 = (s2 > rel * jnp.max(s2)) & (jnp.arange(k) < c - 1)
     scalings = w1 @ jnp.where(keep2, v2, 0.0)
@@ -71,12 +74,17 @@ def lda_svd(z: jax.Array, stats: ClassStats, n_out: jax.Array) -> tuple[jax.Arra
     projection = (z - stats.xbar) @ scalings
     coef = centred_means @ scalings
     decision = projection @ coef.T - 0.5 * jnp.sum(coef * coef, axis=1) + jnp.log(stats.priors)
-    projection = jnp.where(jnp.arange(k) < n_out, projection, 0.0)
+    projection = jnp.where(jnp.arange(k) < n_discriminants, projection, 0.0)
     return projection, decision
 
 
 def lda_eigen(
-    z: jax.Array, mask: jax.Array, stats: ClassStats, n_out: jax.Array, shrinkage: jax.Array
+    z: jax.Array,
+    mask: jax.Array,
+    stats: ClassStats,
+    n_discriminants: jax.Array,
+    shrinkage: jax.Array,
+    linalg: Linalg,
 ) -> tuple[jax.Array, jax.Array]:
     """scikit-learn's ``solver="eigen"`` with a fixed ``shrinkage`` ``t``.
 
@@ -95,15 +103,15 @@ def lda_eigen(
     eigenvalue: they sort last and give zero transform columns.
     """
     n, k = z.shape
-    n_valid = jnp.maximum(jnp.sum(mask), 1)
+    pca_rank = jnp.maximum(jnp.sum(mask), 1)
     eye = jnp.diag(mask.astype(z.dtype))
     off = jnp.diag((~mask).astype(z.dtype))
 
     centred = z - jnp.mean(z, axis=0)
     cov_w = stats.within.T @ stats.within / n
     cov_t = centred.T @ centred / n
-    mu_w = jnp.trace(cov_w) / n_valid
-    mu_t = jnp.trace(cov_t) / n_valid
+    mu_w = jnp.trace(cov_w) / pca_rank
+    mu_t = jnp.trace(cov_t) / pca_rank
     sw = (1.0 - shrinkage) * cov_w + shrinkage * mu_w * eye + off
     m = cov_t - (mu_t / jnp.where(mu_w > 0, mu_w, 1.0)) * cov_w
     m = m / jnp.maximum(jnp.linalg.norm(m), jnp.finfo(z.dtype).tiny)
@@ -111,17 +119,17 @@ def lda_eigen(
     bound = 1.0 + 2.0 / jnp.maximum(shrinkage * mu_w, jnp.finfo(z.dtype).eps)
     m = m - bound * off
 
-    chol = cholesky(sw)
+    chol = linalg.cholesky(sw)
     # A tiny shrinkage of a singular Sw (fewer residual degrees of freedom than k) leaves it
     # positive definite only below this dtype's rounding: the factorisation breaks down (NaN).
     # Then Sw gets a ridge at the rounding level, the least that makes the problem solvable.
     ridge = 16 * jnp.finfo(z.dtype).eps * jnp.max(jnp.diag(sw))
-    chol = jnp.where(jnp.isfinite(chol).all(), chol, cholesky(sw + ridge * eye))
-    a = solve_triangular(chol, solve_triangular(chol, m, lower=True).T, lower=True)
-    _, u = eigh(a)
-    evecs = solve_triangular(chol.T, u[:, ::-1], lower=False)  # descending eigenvalue
+    chol = jnp.where(jnp.isfinite(chol).all(), chol, linalg.cholesky(sw + ridge * eye))
+    a = linalg.solve_triangular(chol, linalg.solve_triangular(chol, m, lower=True).T, lower=True)
+    _, u = linalg.eigh(a)
+    evecs = linalg.solve_triangular(chol.T, u[:, ::-1], lower=False)  # descending eigenvalue
 
-    projection = jnp.where(jnp.arange(k) < n_out, z @ evecs, 0.0)
-    coef = cho_solve(chol, stats.means.T).T  # means @ Sw^-1, (C, k)
+    projection = jnp.where(jnp.arange(k) < n_discriminants, z @ evecs, 0.0)
+    coef = linalg.cho_solve(chol, stats.means.T).T  # means @ Sw^-1, (C, k)
     decision = z @ coef.T - 0.5 * jnp.sum(stats.means * coef, axis=1) + jnp.log(stats.priors)
     return projection, decision

@@ -4,7 +4,7 @@ Features are centred and then divided by a power of two near their largest
 absolute value (exact in floating point) before any product is formed, so every
 scale float32 holds, 1e-20 to 1e18, gives the same projection and no square
 under- or overflows. The scale comes back with the result: only the shrinkage
-rule depends on the features' scale (:func:`ncti_jax._ncti.shrinkage_rule`).
+rule depends on the features' scale (:func:`ncti_jax._kernel.shrinkage_rule`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._linalg import covariance_top_eigh, solves_in_float64, top_eigh
+from ._linalg import Linalg
 
 
 def power_of_two_scale(m):
@@ -24,28 +24,29 @@ def power_of_two_scale(m):
     return xp.where(m > 0, xp.ldexp(xp.ones_like(m), xp.minimum(e, 127)), 1.0)
 
 
-def chunk_scale(block, shift):
+def chunk_scale(chunk, shift):
     """The scale of a streamed model, from its first row chunk: a power of two near the
-    largest ``|block - shift|``, or ``|block|`` if the chunk is constant, or 1."""
-    xp = np if isinstance(block, np.ndarray) else jnp
-    dev = xp.max(xp.abs(block - shift))
-    return power_of_two_scale(xp.where(dev > 0, dev, xp.max(xp.abs(block))))
+    largest ``|chunk - shift|``, or ``|chunk|`` if the chunk is constant, or 1."""
+    xp = np if isinstance(chunk, np.ndarray) else jnp
+    dev = xp.max(xp.abs(chunk - shift))
+    return power_of_two_scale(xp.where(dev > 0, dev, xp.max(xp.abs(chunk))))
 
 
 def pca_project(
-    x: jax.Array, n_valid_components: jax.Array, n_cols: jax.Array, k: int
+    x: jax.Array, max_components: jax.Array, n_cols: jax.Array, k: int, linalg: Linalg
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Projects centred, rescaled features on their top-``k`` principal directions.
 
     The subspace is exact: the top eigenvectors of the D x D covariance when
     N >= D, of the N x N Gram of the samples otherwise (the choice is static, on
-    shapes); see :func:`ncti_jax._linalg.top_eigh` for how they are solved.
+    shapes); see :meth:`ncti_jax._linalg.Linalg.top_eigh` for how they are solved.
 
     Args:
       x: (N, D) features; padded columns are zero.
-      n_valid_components: scalar, ``min(k, N - 1, D_model)`` for this model.
+      max_components: scalar, ``min(n_components, N - 1, D_model)`` for this model.
       n_cols: scalar, ``D_model``: the columns of ``x`` that are not padding.
-      k: static number of output columns (the zoo-wide maximum).
+      k: static number of output columns (the zoo-wide maximum of ``max_components``).
+      linalg: how the linear algebra is traced.
 
     Returns:
       ``(z, variances, mask, scale)`` as :func:`mask_components`, for the features
@@ -60,23 +61,22 @@ def pca_project(
     # Centring by a rounded mean leaves each column off by about eps * |mean|.
     col_sq = jnp.sum(xc * xc, axis=0) + n * (eps * mean / scale) ** 2
     if n >= d:
-        evals, evecs = covariance_top_eigh(xc, n_cols, k)
+        evals, evecs = linalg.covariance_top_eigh(xc, n_cols, k)
         z = xc @ evecs
-        floors = rounding_floors(evals, x.dtype, col_sq=col_sq, evecs=evecs)
+        floors = rounding_floors(evals, x.dtype, linalg.solve_dtype(x.dtype), col_sq, evecs)
     else:
-        evals, evecs = top_eigh(xc @ xc.T, k)
+        evals, evecs = linalg.top_eigh(xc @ xc.T, k)
         z = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
-        floors = rounding_floors(evals, x.dtype, col_sq=col_sq)
-    return (*mask_components(z, evals, floors, n_valid_components), scale)
+        floors = rounding_floors(evals, x.dtype, linalg.solve_dtype(x.dtype), col_sq)
+    return (*mask_components(z, evals, floors, max_components), scale)
 
 
 def rounding_floors(
     evals: jax.Array,
     dtype,
-    *,
+    solve_dtype,
     col_sq: jax.Array,
     evecs: jax.Array | None = None,
-    solve_dtype=None,
 ) -> jax.Array:
     """Eigenvalues of a scatter at or below these are rounding noise: (k,) floors.
 
@@ -86,26 +86,23 @@ def rounding_floors(
     by about ``eps * (sum_j |v_j| sqrt(col_sq_j))**2``: small along directions
     that avoid the large columns (a few columns with offsets of 1e4 and a 30x
     spread leave the others resolved to 1e-7 of the largest variance). Without
-    ``evecs`` (a Gram of the samples) the bound is ``eps * sum(col_sq)``. The
-    eigensolver adds about ``eps * lambda_max`` in its own dtype (``solve_dtype``:
-    float64 on the host path, the computation dtype on accelerators); twice that
-    is the floor (16 times dropped real directions at 1e-6 of the largest that a
-    float32 ``eigh`` resolved to 1e-6 relative on the massive-activation regime).
+    ``evecs`` (a Gram of the samples) the bound is ``eps * sum(col_sq)``. Either
+    bound is taken 16 times over. The eigensolver adds about ``eps * lambda_max``
+    in its own dtype (``solve_dtype``: float64 on the host path, the computation
+    dtype on accelerators); twice that is its floor (16 times dropped real
+    directions at 1e-6 of the largest that a float32 ``eigh`` resolved to 1e-6
+    relative on the massive-activation regime).
     """
     xp = np if isinstance(evals, np.ndarray) else jnp  # the host path stays in NumPy
     eps = np.finfo(dtype).eps
-    solve_eps = np.finfo(solve_dtype or solve_dtype_for(dtype)).eps
+    solve_eps = np.finfo(solve_dtype).eps
     root = xp.sqrt(col_sq)
     spread = xp.sum(col_sq) if evecs is None else (xp.abs(evecs).T @ root) ** 2
     return xp.maximum(16 * eps * spread, 2 * solve_eps * evals[0])
 
 
-def solve_dtype_for(dtype):
-    return jnp.float64 if solves_in_float64() else dtype
-
-
 def mask_components(
-    z: jax.Array, evals: jax.Array, floors: jax.Array, n_valid_components: jax.Array
+    z: jax.Array, evals: jax.Array, floors: jax.Array, max_components: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Keeps the principal directions that carry variance; zeroes the others.
 
@@ -113,18 +110,18 @@ def mask_components(
       z: (N, k) projection on the top-``k`` directions, decreasing variance.
       evals: (k,) eigenvalues of the centred scatter ``xc.T @ xc``, decreasing.
       floors: (k,) the rounding level of each eigenvalue (:func:`rounding_floors`).
-      n_valid_components: scalar, ``min(k, N - 1, D_model)``.
+      max_components: scalar, ``min(n_components, N - 1, D_model)``.
 
     Returns:
       z: (N, k) projection; columns that are masked out are exactly zero.
       variances: (k,) explained variances ``s_i**2 / (N - 1)``, decreasing; zero
         where masked.
       mask: (k,) bool, the components that are kept: within
-        ``n_valid_components`` and above the rounding level of the computation (a
+        ``max_components`` and above the rounding level of the computation (a
         model with constant features keeps none).
     """
     n, k = z.shape
-    mask = (jnp.arange(k) < n_valid_components) & (evals > floors)
+    mask = (jnp.arange(k) < max_components) & (evals > floors)
     variances = jnp.clip(evals, 0.0) / (n - 1)
     z = jnp.where(mask, z, 0.0)
     return z, jnp.where(mask, variances, 0.0), mask

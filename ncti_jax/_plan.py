@@ -2,7 +2,7 @@
 
 Two strategies compute the same thing:
 
-* ``"fused"``: each call moves a block of whole models to the devices and runs the
+* ``"fused"``: each call moves a batch of whole models to the devices and runs the
   entire kernel there (PCA included), vmapped over the models of each device.
   The fastest route on accelerators when a model fits in device memory.
 * ``"streaming"``: the PCA of each model is accumulated from row chunks
@@ -13,9 +13,12 @@ Two strategies compute the same thing:
 
 ``"auto"`` picks streaming on CPU, fused elsewhere when one model per device fits.
 
-The plan also says where the PCA's eigenproblems are solved (``host_solve``): in
-float64 on the host on CPU, in the computation dtype on the device elsewhere, or
-on CPU inside :func:`device_numerics` (how the accelerator path is tested).
+The plan owns every rule that differs between the CPU and accelerators: the
+strategy, the models per call, and the :class:`ncti_jax._linalg.Linalg` every
+compiled call is traced with (looped LAPACK calls on XLA:CPU; the PCA's
+eigenproblems solved in float64 on the host on CPU, in the computation dtype on
+the device elsewhere, or on CPU inside :func:`device_numerics`, how the
+accelerator path is tested).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from collections.abc import Iterator
 from typing import Literal
 
 import jax
+import numpy as np
 
+from ._linalg import Linalg
 from .defaults import STRATEGIES
 
 Strategy = Literal["auto", "fused", "streaming"]
@@ -63,13 +68,15 @@ class Plan:
       strategy: ``"fused"`` or ``"streaming"``.
       models_per_call: models this process sends per compiled call (a multiple of
         its device count; the last call is padded with dummy models).
-      host_solve: the PCA's eigenproblems are solved in float64 on the host (CPU,
-        unless :func:`device_numerics`); else in the computation dtype on the device.
+      linalg: how every compiled call traces its linear algebra (a static
+        argument): ``linalg.host_solve`` says the PCA's eigenproblems are solved
+        in float64 on the host (CPU, unless :func:`device_numerics`), and then the
+        streamed PCA runs on the host too.
     """
 
     strategy: str
     models_per_call: int
-    host_solve: bool
+    linalg: Linalg
 
 
 def fused_bytes(n: int, d: int, k: int, n_classes: int, itemsize: int) -> int:
@@ -123,37 +130,54 @@ def make_plan(
     *,
     device: jax.Device,
     n_local_devices: int,
+    n_devices: int,
     n_models: int,
     n: int,
     d_max: int,
     k: int,
     n_classes: int,
-    itemsize: int,
+    dtype: np.dtype,
     memory_limit: int | None,
     widest: str,
 ) -> Plan:
-    """Chooses the strategy and the models per call for a zoo (``n_models`` local models).
+    """Chooses the strategy, the models per call and the linear algebra for a zoo.
+
+    Args:
+      device: this process's first device (they are all of one kind).
+      n_local_devices, n_devices: this process's devices, and every process's.
+      n_models: this process's models.
+      n, d_max, k, n_classes: the zoo's shapes (``k``: the PCA width of a call).
+      dtype: the computation dtype.
 
     Raises:
       MemoryError: ``strategy="fused"`` and one model does not fit one device.
+      ValueError: an unknown strategy, or ``"fused"`` in float32 on several CPU devices.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
+    dtype = np.dtype(dtype)
     budget = device_budget(device, memory_limit)
-    fused = fused_bytes(n, d_max, k, n_classes, itemsize)
+    fused = fused_bytes(n, d_max, k, n_classes, dtype.itemsize)
     fits = budget is None or fused <= budget
-    host_solve = device.platform == "cpu" and not _DEVICE_NUMERICS.get()
+    on_cpu = device.platform == "cpu"
+    linalg = Linalg(looped=on_cpu, host_solve=on_cpu and not _DEVICE_NUMERICS.get())
     if strategy == "auto":
-        strategy = "fused" if not host_solve and fits else "streaming"
+        strategy = "fused" if not linalg.host_solve and fits else "streaming"
     if strategy == "fused" and not fits:
         raise MemoryError(
             f"model {widest!r} (N = {n}, D = {d_max}) needs about {format_bytes(fused)} "
             f"on one device in the fused strategy, more than the {format_bytes(budget)} "
             "available; use strategy='streaming', which holds one chunk of rows at a time."
         )
+    if strategy == "fused" and linalg.host_solve and n_devices > 1 and dtype == np.float32:
+        raise ValueError(
+            "strategy='fused' on several CPU devices needs dtype=float64: in float32 its "
+            "eigensolver runs in host callbacks, which hang XLA:CPU when several CPU devices "
+            "run at once. Use strategy='streaming' (the CPU default)."
+        )
     per_device = -(-max(n_models, 1) // n_local_devices)  # ceil: every model in one call
     if strategy == "fused" and budget is not None:
         per_device = max(1, min(per_device, budget // fused))
     elif strategy == "streaming":
         per_device = 1  # one model per device per call: each model's PCA is streamed on its own
-    return Plan(strategy, per_device * n_local_devices, host_solve)
+    return Plan(strategy, per_device * n_local_devices, linalg)

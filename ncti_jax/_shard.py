@@ -137,3 +137,29 @@ def allgather_names(names: Sequence[str]) -> list[list[str]]:
         text = bytes(row[:-1]).rstrip(b"\0").decode()
         out.append(text.split("\n") if row[-1] else [])
     return out
+
+
+def gather_models(
+    names: Sequence[str], fields: dict[str, np.ndarray]
+) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """Every process's models and their per-model ``fields`` (rows in ``names``' order),
+    in process order: the whole zoo, on every process.
+
+    Raises:
+      ValueError: two processes scored models of the same name.
+    """
+    all_names = allgather_names(names)
+    if len(all_names) == 1:
+        return tuple(names), fields
+    width = max(len(n) for n in all_names)
+    gathered = {}
+    for f, a in fields.items():
+        padded = np.zeros((width, *a.shape[1:]), a.dtype)
+        padded[: a.shape[0]] = a
+        rows = allgather(padded)
+        gathered[f] = np.concatenate([rows[p, : len(n)] for p, n in enumerate(all_names)])
+    models = tuple(m for group in all_names for m in group)
+    if len(set(models)) != len(models):
+        dup = sorted({m for m in models if models.count(m) > 1})
+        raise ValueError(f"model names must be unique across processes; repeated: {dup}.")
+    return models, gathered

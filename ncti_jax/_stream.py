@@ -2,7 +2,7 @@
 
 Pass 1 accumulates the sufficient statistics of the PCA, pass 2 projects on the
 top-``k`` principal directions; the rest of NCTI then runs on the (N, k)
-projection (:func:`ncti_jax._ncti.projected_components`).
+projection (:func:`ncti_jax._kernel.projected_components`).
 
 The statistics are accumulated about a fixed *shift*, the mean of the first
 chunk: ``total = sum(x - shift)`` and ``scatter = sum((x - shift)(x - shift)^T)``.
@@ -36,7 +36,7 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import blas
 
-from ._linalg import top_eigh
+from ._linalg import Linalg
 from ._pca import chunk_scale, rounding_floors
 from .defaults import CHUNK_ROWS
 
@@ -45,13 +45,13 @@ class RowChunks:
     """One model's features as row chunks, for features that do not fit in memory.
 
     The engine reads the rows twice (mean and covariance, then the projection),
-    so ``source`` is a callable that returns a *new* iterator of row blocks on
+    so ``source`` is a callable that returns a *new* iterator of row chunks on
     each call, yielding the same rows in the same order (the order of the labels).
 
     Args:
       source: ``() -> iterable of (rows, D) arrays`` (NumPy or JAX).
       shape: ``(N, D)`` of the whole model.
-      dtype: the dtype of the blocks.
+      dtype: the dtype of the chunks.
 
     Example:
       >>> import numpy as np, ncti_jax
@@ -65,7 +65,7 @@ class RowChunks:
     def __init__(self, source: Callable[[], Iterable[Any]], *, shape: tuple[int, int], dtype: Any):
         if not callable(source):
             raise TypeError(
-                "RowChunks needs a callable that returns a fresh iterator of row blocks "
+                "RowChunks needs a callable that returns a fresh iterator of row chunks "
                 f"(the rows are read twice); got {type(source).__name__}."
             )
         self.source = source
@@ -77,7 +77,7 @@ class RowChunks:
 
 
 def iter_rows(x: Any, rows: int) -> Iterator[Any]:
-    """Row blocks of an array (sliced, so a memory-mapped file is read block by block)
+    """Row chunks of an array (sliced, so a memory-mapped file is read chunk by chunk)
     or of a :class:`RowChunks`."""
     if isinstance(x, RowChunks):
         yield from x.source()
@@ -86,20 +86,20 @@ def iter_rows(x: Any, rows: int) -> Iterator[Any]:
             yield x[start : start + rows]
 
 
-def _checked(name: str, blocks: Iterable[Any], d: int, n: int, *, check_finite: bool):
-    """Row blocks as they come, checked for width, finiteness and the row total."""
+def _checked(name: str, chunks: Iterable[Any], d: int, n: int, *, check_finite: bool):
+    """Row chunks as they come, checked for width, finiteness and the row total."""
     seen = 0
-    for i, block in enumerate(blocks):
-        shape = getattr(block, "shape", None)
+    for i, chunk in enumerate(chunks):
+        shape = getattr(chunk, "shape", None)
         if shape is None or len(shape) != 2 or int(shape[1]) != d:
             raise ValueError(
                 f"model {name!r}: row chunk {i} has shape {shape}; expected (rows, {d})."
             )
         if check_finite:
             finite = (
-                bool(jnp.isfinite(block).all())
-                if isinstance(block, jax.Array)
-                else bool(np.isfinite(block).all())
+                bool(jnp.isfinite(chunk).all())
+                if isinstance(chunk, jax.Array)
+                else bool(np.isfinite(chunk).all())
             )
             if not finite:
                 raise ValueError(
@@ -109,7 +109,7 @@ def _checked(name: str, blocks: Iterable[Any], d: int, n: int, *, check_finite: 
         seen += int(shape[0])
         if seen > n:
             break
-        yield block
+        yield chunk
     if seen != n:
         raise ValueError(
             f"model {name!r}: the row chunks hold {seen}{'+' if seen > n else ''} rows; "
@@ -153,18 +153,18 @@ def host_pca(
     shift = total = scatter = buf = kept = None
     inv_scale = scale = 1.0
     start = 0
-    for block in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
-        block = _host(block, dtype)
+    for chunk in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
+        chunk = _host(chunk, dtype)
         if shift is None:
-            shift = block.mean(axis=0, dtype=np.float64).astype(dtype)
-            scale = float(chunk_scale(block, shift))
+            shift = chunk.mean(axis=0, dtype=np.float64).astype(dtype)
+            scale = float(chunk_scale(chunk, shift))
             inv_scale = dtype.type(1.0 / scale)
             total = np.zeros(d, np.float64)
             if wide:
                 kept = np.empty((n, d), np.float64)
             else:
                 scatter = np.zeros((d, d), dtype, order="F")
-        buf = _centre_into(block, shift, buf, inv_scale)
+        buf = _centre_into(chunk, shift, buf, inv_scale)
         total += buf.sum(axis=0, dtype=np.float64)
         if wide:
             kept[start : start + buf.shape[0]] = buf
@@ -181,7 +181,7 @@ def host_pca(
         evals, evecs = evals[::-1], evecs[:, ::-1]
         z = (evecs * np.sqrt(np.clip(evals, 0.0, None))).astype(dtype)
         col_sq = np.einsum("ij,ij->j", kept, kept)
-        floors = rounding_floors(evals, np.float64, col_sq=col_sq, solve_dtype=np.float64)
+        floors = rounding_floors(evals, np.float64, np.float64, col_sq)
         return z, TopComponents(mean, evals.astype(dtype), None, scale, np.asarray(floors, dtype))
     cov = scatter.astype(np.float64, order="F")
     cov = blas.dsyr(-n, d_mean, a=cov, lower=1, overwrite_a=True)  # - n d d^T, lower triangle
@@ -197,39 +197,35 @@ def host_pca(
         scale=scale,
         floors=np.asarray(
             rounding_floors(
-                evals[::-1],
-                dtype,
-                col_sq=np.diag(scatter).astype(np.float64),
-                evecs=evecs[:, ::-1],
-                solve_dtype=np.float64,
+                evals[::-1], dtype, np.float64, np.diag(scatter).astype(np.float64), evecs[:, ::-1]
             ),
             dtype,
         ),
     )
     z = np.empty((n, k), dtype)
     start = 0
-    for block in _checked(name, iter_rows(x, rows), d, n, check_finite=False):
-        buf = _centre_into(_host(block, dtype), mean, buf, inv_scale)
+    for chunk in _checked(name, iter_rows(x, rows), d, n, check_finite=False):
+        buf = _centre_into(_host(chunk, dtype), mean, buf, inv_scale)
         np.matmul(buf, top.evecs, out=z[start : start + buf.shape[0]])
         start += buf.shape[0]
     return z, top
 
 
-def _host(block: Any, dtype: np.dtype) -> np.ndarray:
-    if isinstance(block, jax.Array):
-        block = jax.device_get(block)
-    return np.asarray(block, dtype)
+def _host(chunk: Any, dtype: np.dtype) -> np.ndarray:
+    if isinstance(chunk, jax.Array):
+        chunk = jax.device_get(chunk)
+    return np.asarray(chunk, dtype)
 
 
 def _centre_into(
-    block: np.ndarray, centre: np.ndarray, buf: np.ndarray | None, inv_scale
+    chunk: np.ndarray, centre: np.ndarray, buf: np.ndarray | None, inv_scale
 ) -> np.ndarray:
-    """``(block - centre) * inv_scale`` written into a reused buffer (no fresh pages
+    """``(chunk - centre) * inv_scale`` written into a reused buffer (no fresh pages
     per chunk); ``inv_scale`` is a power of two, so the product is exact."""
-    if buf is None or buf.shape[0] < block.shape[0]:
-        buf = np.empty_like(block)
-    out = buf[: block.shape[0]]
-    np.subtract(block, centre, out=out)
+    if buf is None or buf.shape[0] < chunk.shape[0]:
+        buf = np.empty_like(chunk)
+    out = buf[: chunk.shape[0]]
+    np.subtract(chunk, centre, out=out)
     out *= inv_scale
     return out
 
@@ -249,33 +245,32 @@ class Moments:
 
 
 @jax.jit
-def _start(block: jax.Array) -> Moments:
-    shift = jnp.mean(block, axis=0)
-    scale = chunk_scale(block, shift)
-    d = block.shape[1]
-    return Moments(shift, scale, jnp.zeros(d, block.dtype), jnp.zeros((d, d), block.dtype))
+def _start(chunk: jax.Array) -> Moments:
+    shift = jnp.mean(chunk, axis=0)
+    scale = chunk_scale(chunk, shift)
+    d = chunk.shape[1]
+    return Moments(shift, scale, jnp.zeros(d, chunk.dtype), jnp.zeros((d, d), chunk.dtype))
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def _accumulate(m: Moments, block: jax.Array) -> Moments:
-    centred = (block - m.shift) / m.scale
+def _accumulate(m: Moments, chunk: jax.Array) -> Moments:
+    centred = (chunk - m.shift) / m.scale
     return Moments(m.shift, m.scale, m.total + centred.sum(axis=0), m.scatter + centred.T @ centred)
 
 
-@functools.partial(jax.jit, static_argnames="k")
-def _top(m: Moments, n: int, *, k: int):
+@functools.partial(jax.jit, static_argnames=("k", "linalg"))
+def _top(m: Moments, n: int, *, k: int, linalg: Linalg):
     d_mean = m.total / n
-    evals, evecs = top_eigh(m.scatter - n * jnp.outer(d_mean, d_mean), k)
+    evals, evecs = linalg.top_eigh(m.scatter - n * jnp.outer(d_mean, d_mean), k)
     mean = m.shift + d_mean * m.scale
-    floors = rounding_floors(
-        evals, m.scatter.dtype, col_sq=jnp.diag(m.scatter), evecs=evecs, solve_dtype=evals.dtype
-    )
+    dtype = m.scatter.dtype
+    floors = rounding_floors(evals, dtype, linalg.solve_dtype(dtype), jnp.diag(m.scatter), evecs)
     return mean, evals, evecs, floors
 
 
 @jax.jit
-def _project(block: jax.Array, mean: jax.Array, scale: jax.Array, evecs: jax.Array) -> jax.Array:
-    return ((block - mean) / scale) @ evecs
+def _project(chunk: jax.Array, mean: jax.Array, scale: jax.Array, evecs: jax.Array) -> jax.Array:
+    return ((chunk - mean) / scale) @ evecs
 
 
 def device_pca(
@@ -285,20 +280,22 @@ def device_pca(
     dtype: np.dtype,
     *,
     rows: int = CHUNK_ROWS,
+    linalg: Linalg,
     device: jax.Device | None = None,
     precision: str = "highest",
 ) -> tuple[jax.Array, TopComponents]:
-    """Both passes with jitted kernels on ``device``: one row chunk there at a time."""
+    """Both passes with jitted kernels on ``device``: one row chunk there at a time;
+    ``linalg`` says how the top-k eigenproblem is solved (the plan's)."""
     n, d = (int(s) for s in x.shape)
     check = isinstance(x, RowChunks)
     m = None
     with jax.default_matmul_precision(precision):
-        for block in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
-            block = jax.device_put(jnp.asarray(block, dtype), device)
+        for chunk in _checked(name, iter_rows(x, rows), d, n, check_finite=check):
+            chunk = jax.device_put(jnp.asarray(chunk, dtype), device)
             if m is None:
-                m = _start(block)
-            m = _accumulate(m, _pad_rows(block, m.shift, rows))
-        mean, evals, evecs, floors = _top(m, n, k=k)
+                m = _start(chunk)
+            m = _accumulate(m, _pad_rows(chunk, m.shift, rows))
+        mean, evals, evecs, floors = _top(m, n, k=k, linalg=linalg)
         parts = [
             _project(
                 _pad_rows(jax.device_put(jnp.asarray(b, dtype), device), mean, rows),
@@ -311,9 +308,9 @@ def device_pca(
     return jnp.concatenate(parts), TopComponents(mean, evals, evecs, m.scale, floors)
 
 
-def _pad_rows(block: jax.Array, fill: jax.Array, rows: int) -> jax.Array:
+def _pad_rows(chunk: jax.Array, fill: jax.Array, rows: int) -> jax.Array:
     """Pads a short chunk to ``rows`` rows of ``fill`` (the shift: they add nothing)."""
-    short = rows - block.shape[0]
+    short = rows - chunk.shape[0]
     if short <= 0:
-        return block
-    return jnp.concatenate([block, jnp.broadcast_to(fill, (short, block.shape[1]))])
+        return chunk
+    return jnp.concatenate([chunk, jnp.broadcast_to(fill, (short, chunk.shape[1]))])

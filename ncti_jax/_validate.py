@@ -301,24 +301,6 @@ def check_n_components(n_components: Any) -> int:
     return int(n_components)
 
 
-def effective_components(
-    n_components: int, n_samples: int, dims: dict[str, int], *, warn: bool = True
-) -> dict[str, int]:
-    """``k = min(n_components, N - 1, D_m)`` per model, warning where it is reduced."""
-    out = {}
-    for name, d in dims.items():
-        k = min(n_components, n_samples - 1, d)
-        if k < n_components and warn:
-            why = f"D = {d}" if d <= n_samples - 1 else f"N - 1 = {n_samples - 1}"
-            warnings.warn(
-                f"model {name!r}: n_components reduced from {n_components} to {k} ({why}).",
-                UserWarning,
-                stacklevel=3,
-            )
-        out[name] = k
-    return out
-
-
 def warn_singleton_classes(labels: Labels, *, stacklevel: int = 3) -> None:
     singles = labels.classes[labels.counts == 1]
     if singles.size:

@@ -359,7 +359,7 @@ def _score_run(args: argparse.Namespace) -> int:
         )  # the CLI owns the process; library code never does
 
     from . import io as ncti_io
-    from ._ncti import score_zoo
+    from ._score import score_zoo
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     feats, labels = ncti_io.load_feature_store(args.path, dataset=args.dataset, models=models)
@@ -739,7 +739,7 @@ def _rank(args: argparse.Namespace) -> int:
     from bridges import dlpack, extract
 
     from . import io as ncti_io
-    from ._ncti import score_zoo
+    from ._score import score_zoo
 
     try:
         specs, ds = _zoo_and_data(args)

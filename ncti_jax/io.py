@@ -10,18 +10,20 @@ Feature stores (read with ``allow_pickle=False``, ``.npy`` files memory-mapped):
 Results: :func:`write_results` writes ``scores.json`` and ``scores.csv``
 atomically (a temporary file in the same directory, then a rename), so a crash
 never leaves a half-written file and an earlier result is replaced only by a
-complete one. The JSON schema (``"schema": "ncti-jax/scores/v1"``) is::
+complete one. The JSON schema (``"schema": "ncti-jax/scores/v2"``) is::
 
     {
-      "schema": "ncti-jax/scores/v1",
+      "schema": "ncti-jax/scores/v2",
       "created": ISO 8601 time (UTC),
       "settings": {"n_components", "precision", "dtype", "strategy", "dataset",
                    "source", "n_samples", "n_classes", "n_models"},
       "versions": {"ncti_jax", "jax", "jaxlib", "numpy", "scipy", "python", "backend"},
       "models": [ one record per model, best first:
         {"model", "rank", "ncti", "etf", "ncc", "vc", "etf_norm", "ncc_norm",
-         "vc_norm", "solver", "shrinkage", "n_components", "status"} ]
+         "vc_norm", "solver", "shrinkage", "pca_rank", "status"} ]
     }
+
+(v1, read too, named ``pca_rank`` ``n_components``.)
 
 The CSV has one row per model with the record's fields (status joined by ``|``).
 """
@@ -46,7 +48,9 @@ from typing import IO, Any
 
 import numpy as np
 
-SCHEMA = "ncti-jax/scores/v1"
+SCHEMA = "ncti-jax/scores/v2"
+# Schemas read_results and read_scores accept: this one and the ones before it.
+READABLE_SCHEMAS = (SCHEMA, "ncti-jax/scores/v1")
 LABELS_FILE = "labels.npy"
 _AUTHORS = re.compile(r"^(?P<model>.+)_(?P<dataset>[^_]+)_(?P<kind>feature|label)\.npy$")
 RECORD_FIELDS = (
@@ -61,7 +65,7 @@ RECORD_FIELDS = (
     "vc_norm",
     "solver",
     "shrinkage",
-    "n_components",
+    "pca_rank",
     "status",
 )
 
@@ -327,7 +331,7 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable results file ({err}).") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+    if not isinstance(doc, dict) or doc.get("schema") not in READABLE_SCHEMAS:
         raise ValueError(f"{path}: not an ncti-jax results file (schema {SCHEMA!r}).")
     table = path.with_name("scores.csv")
     if (
@@ -526,7 +530,7 @@ def read_scores(path: str | os.PathLike) -> dict[str, float]:
             scores[model] = value
     else:
         doc = _read_json(path, "scores")
-        if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+        if isinstance(doc, dict) and doc.get("schema") in READABLE_SCHEMAS:
             records = doc.get("models")
             if not isinstance(records, list):
                 raise ValueError(f"{path}: 'models' must be a list of score records.")

@@ -1,7 +1,7 @@
 """NCTI in plain NumPy/SciPy, float64, one model at a time.
 
 The oracle for the tests and the baseline for the benchmarks. It follows
-``NCTI_SPEC.md`` step by step and takes a different numerical route from the
+the algorithm of ``docs/algorithm.md`` step by step and takes a different numerical route from the
 JAX engine wherever that is cheap (SVDs of the data instead of Gram matrices,
 explicit per-class covariances, data-dependent slicing instead of masks), so
 the two check each other.
@@ -39,7 +39,7 @@ class ReferenceComponents:
     vc: float
     solver: str  # "svd" or "eigen"
     shrinkage: float
-    n_components: int  # principal directions kept
+    pca_rank: int  # principal directions kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ReferenceResult:
     ranking: np.ndarray  # model indices, best first
     solver: tuple[str, ...]
     shrinkage: np.ndarray
-    n_components: np.ndarray
+    pca_rank: np.ndarray
 
 
 def remap_labels(labels) -> tuple[np.ndarray, int]:
@@ -204,5 +204,5 @@ def score_zoo(
         ranking=np.lexsort((np.arange(len(models)), -ncti)),
         solver=tuple(c.solver for c in comps),
         shrinkage=np.array([c.shrinkage for c in comps]),
-        n_components=np.array([c.n_components for c in comps]),
+        pca_rank=np.array([c.pca_rank for c in comps]),
     )

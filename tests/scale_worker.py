@@ -30,7 +30,7 @@ def zoo(seed: int = 7):
 
 
 def dump(result, out: str) -> None:
-    fields = ("etf", "ncc", "vc", "ncti", "ranking", "n_components", "status")
+    fields = ("etf", "ncc", "vc", "ncti", "ranking", "pca_rank", "status")
     payload = {"models": list(result.models)}
     payload.update({f: getattr(result, f).tolist() for f in fields})
     with open(out + ".tmp", "w") as fh:

@@ -64,7 +64,7 @@ def check_outputs(out, feats, y, capsys):
             assert rec[field] == pytest.approx(getattr(ref, field)[i], abs=1e-3)
         assert rec["solver"] == ref.solver[i]
         assert rec["shrinkage"] == pytest.approx(ref.shrinkage[i], rel=1e-3)
-        assert rec["n_components"] == ref.n_components[i]
+        assert rec["pca_rank"] == ref.pca_rank[i]
         assert rec["rank"] == int(np.flatnonzero(ref.ranking == i)[0]) + 1
     assert [r["model"] for r in records] == [ref.models[i] for i in ref.ranking]
     json.loads((out / "scores.json").read_text(), parse_constant=_no_constants)

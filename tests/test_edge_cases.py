@@ -1,4 +1,4 @@
-"""Every edge case of the spec: clear errors before tracing, or defined results."""
+"""Every edge case of docs/algorithm.md §4: clear errors before tracing, or defined results."""
 
 from __future__ import annotations
 
@@ -116,12 +116,12 @@ def test_float64_needs_x64(zoo):
 
 def test_errors_come_before_tracing(zoo, monkeypatch):
     feats, y = zoo
-    from ncti_jax import _ncti
+    from ncti_jax import _score
 
     def fail(*args, **kwargs):
         raise AssertionError("the kernel was reached")
 
-    monkeypatch.setattr(_ncti, "zoo_components", fail)
+    monkeypatch.setattr(_score, "zoo_components", fail)
     bad = dict(feats, m=np.full((150, 3), np.nan))
     with pytest.raises(ValueError, match="model 'm'"):
         ncti_jax.score_zoo(bad, y)
@@ -155,12 +155,15 @@ def test_k_reduced_by_d_and_by_n(rng):
         "narrow": zoos.model_features(rng, y, 8, 0.2),
         "wide": zoos.model_features(rng, y, 90, 0.2),
     }
-    with pytest.warns(UserWarning, match=r"'narrow': n_components reduced from 64 to 8 \(D = 8\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"n_components reduced from 64 for 2 models: 'narrow' to 8 \(D = 8\), 'wide' to 39 \(N - 1 = 39\)",
+    ):
         result = ncti_jax.score_zoo(feats, y)
-    assert result.n_components.tolist() == [8, 39]
+    assert result.pca_rank.tolist() == [8, 39]
     assert all(s & Status.K_REDUCED for s in result.status)
     ref = reference.score_zoo(feats, y)
-    np.testing.assert_array_equal(ref.n_components, [8, 39])
+    np.testing.assert_array_equal(ref.pca_rank, [8, 39])
     # With N - 1 <= k the within-class scatter is singular (rank N - C = 37 of 39
     # directions): LDA divides by singular values near the solver's cut-off, and
     # float32 rounding moves etf by up to a few 1e-3 (seen: 2.4e-3). Parity is
@@ -177,11 +180,11 @@ def test_constant_features_are_defined(zoo, kind):
     feats, y = zoo
     value = 0.0 if kind == "zeros" else 3.7
     flat = dict(feats, flat=np.full((150, 16), value, np.float32))
-    with pytest.warns(UserWarning, match="'flat': features have no variance"):
+    with pytest.warns(UserWarning, match="1 model with features of no variance .*: 'flat'"):
         result = ncti_jax.score_zoo(flat, y)
     i = result.models.index("flat")
     assert result.status[i] & Status.NO_VARIANCE
-    assert result.n_components[i] == 0
+    assert result.pca_rank[i] == 0
     assert np.isfinite(result.ncti).all()
     # No features: the LDA predicts the priors. etf = 0, ncc = sum(p_c^2), vc from rank-1 blocks.
     priors = np.bincount(y) / len(y)
@@ -192,7 +195,7 @@ def test_constant_features_are_defined(zoo, kind):
         np.log(np.sum(np.sqrt(counts)) * np.linalg.norm(priors)), rel=1e-5
     )
     ref = reference.model_components(flat["flat"], y)
-    assert (ref.etf, ref.n_components) == (0.0, 0)
+    assert (ref.etf, ref.pca_rank) == (0.0, 0)
     assert ref.ncc == pytest.approx(result.ncc[i], rel=1e-5)
     assert ref.vc == pytest.approx(result.vc[i], rel=1e-5)
 
@@ -201,12 +204,14 @@ def test_rank_deficient_features(rng):
     y = zoos.labels(rng, 200, 4)
     low_rank = rng.random((200, 5)) @ rng.random((5, 40))
     feats = {"low": low_rank.astype(np.float32), "full": zoos.model_features(rng, y, 40, 0.1)}
-    with pytest.warns(UserWarning, match=r"'low': only 5 of 40 principal directions"):
+    with pytest.warns(
+        UserWarning, match=r"principal directions have variance for 1 model: 'low' \(5 of 40\)"
+    ):
         result = ncti_jax.score_zoo(feats, y)
-    assert result.n_components.tolist() == [5, 40]
+    assert result.pca_rank.tolist() == [5, 40]
     assert result.status[0] & Status.RANK_DEFICIENT
     ref = reference.score_zoo({"low": low_rank}, y)
-    assert ref.n_components.tolist() == [5]
+    assert ref.pca_rank.tolist() == [5]
     for name in ("etf", "ncc", "vc"):
         np.testing.assert_allclose(getattr(result, name)[0], getattr(ref, name)[0], rtol=1e-3)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ncti_jax
-from ncti_jax import _ncti, _plan, _validate, reference, regimes
+from ncti_jax import _kernel, _plan, _result, _validate, reference, regimes
 
 import zoos
 
@@ -92,7 +92,7 @@ def test_singular_within_scatter_with_tiny_shrinkage(x64):
     assert regimes.compare(exact, ref, rtol=1e-9)["problems"] == []
     with jax.enable_x64(False):
         f32 = score(feats, y)
-    assert int(f32.solver[0]) == 1 and not f32.status[0] & ncti_jax.Status.NON_FINITE
+    assert f32.solver[0] == "eigen" and not f32.status[0] & ncti_jax.Status.NON_FINITE
     assert ref.etf[0] / 20 < f32.etf[0] <= ref.etf[0] * (1 + 1e-4)
     np.testing.assert_allclose(f32.ncc, ref.ncc, rtol=1e-5)
     np.testing.assert_allclose(f32.vc, ref.vc, rtol=1e-5)
@@ -115,15 +115,15 @@ def test_undefined_model_is_unranked_and_json_is_strict():
     score None in the records, strict JSON, and the others normalised without it."""
     models = ("a", "b", "c")
     comps = np.array([[10.0, 0.9, 3.0], [np.nan, 0.8, 3.1], [5.0, 0.5, 3.4]], np.float32)
-    raw = _ncti.RawComponents(
+    raw = _kernel.RawComponents(
         components=comps,
         pca_rank=np.array([8, 8, 8]),
         shrinkage=np.full(3, 1e-10, np.float32),
-        eigen_solver=np.zeros(3, bool),
+        solver=np.zeros(3, np.int32),
     )
     labels = _validate.check_labels(np.arange(20) % 4)
-    with pytest.warns(UserWarning, match="model 'b' is unranked"):
-        result = _ncti._finish(models, raw, {"a": 8, "b": 8, "c": 8}, 8, labels)
+    with pytest.warns(UserWarning, match="1 model unranked.*: 'b'"):
+        result = _result.finish(models, raw, {"a": 8, "b": 8, "c": 8}, 8, labels)
     assert list(result.ranked()) == [True, False, True]
     assert [result.models[i] for i in result.ranking] == ["a", "c", "b"]
     np.testing.assert_allclose(result.ncti[[0, 2]], [2.0, -1.0])

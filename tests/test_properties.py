@@ -88,9 +88,9 @@ def test_finite_scores_or_clear_error(inputs):
 def test_float64_engine_is_the_reference(inputs):
     """The oracle: in float64 the engine gives the reference's numbers, every field, tight.
 
-    Inputs the spec rejects (a single class, fewer samples than classes + 1) get a
-    clear error; a model the engine leaves unranked must be one the reference cannot
-    score either."""
+    Inputs the engine rejects (docs/algorithm.md §4: a single class, fewer samples than
+    classes + 1) get a clear error; a model the engine leaves unranked must be one the
+    reference cannot score either."""
     feats, y = inputs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -72,14 +72,14 @@ def device_dropped_directions(result, ref, feats) -> bool:
     directions than the reference, each dropped one has a reference variance below the
     float32 eigensolver's resolution (with 4x slack), the model is flagged
     RANK_DEFICIENT, and every other model matches the reference to 1e-4."""
-    fewer = np.asarray(result.n_components) < ref.n_components
+    fewer = np.asarray(result.pca_rank) < ref.pca_rank
     if not fewer.any():
         return False
     flagged = (np.asarray(result.status) & ncti_jax.Status.RANK_DEFICIENT) > 0
     assert flagged[fewer].all()
     for i in np.flatnonzero(fewer):
         _, var = reference.pca(np.asarray(feats[ref.models[i]], np.float64), 64)
-        dropped = var[int(result.n_components[i]) :]
+        dropped = var[int(result.pca_rank[i]) :]
         assert (dropped < 4 * DEVICE_RESOLUTION * var[0]).all(), (ref.models[i], dropped / var[0])
     for f in ("etf", "ncc", "vc"):
         np.testing.assert_allclose(

@@ -19,7 +19,7 @@ import pytest
 import scale_worker
 
 import ncti_jax
-from ncti_jax import _plan, _stream, reference
+from ncti_jax import _linalg, _plan, _stream, reference
 
 import zoos
 
@@ -87,7 +87,14 @@ def test_device_flavour_equals_host_flavour(rng):
     feats, _ = zoos.zoo(rng, n=2100, n_classes=4, dims=(48,))
     x = feats["model_0_d48"]
     z_host, top_host = _stream.host_pca("m", x, 16, np.float32, rows=500)
-    z_dev, top_dev = _stream.device_pca("m", x, 16, np.float32, rows=500)
+    z_dev, top_dev = _stream.device_pca(
+        "m",
+        x,
+        16,
+        np.float32,
+        rows=500,
+        linalg=_linalg.Linalg.for_platform("cpu", host_solve=False),
+    )
     np.testing.assert_allclose(np.asarray(top_dev.evals), top_host.evals, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(top_dev.mean), top_host.mean, rtol=1e-5, atol=1e-6)
     # Eigenvectors are defined up to sign: compare the projections column by column.
@@ -123,24 +130,41 @@ def test_row_chunks_errors_name_the_model(rng):
 
 
 def test_plan_chunks_the_model_axis():
-    args = dict(n=50000, d_max=2048, k=64, n_classes=100, itemsize=4)
+    args = dict(n=50000, d_max=2048, k=64, n_classes=100, dtype=np.float32)
     per_model = _plan.fused_bytes(50000, 2048, 64, 100, 4)
     cpu = jax.devices("cpu")[0]
-    plan = _plan.make_plan(
-        "fused",
-        device=cpu,
-        n_local_devices=4,
-        n_models=64,
-        memory_limit=3 * per_model,
-        widest="w",
-        **args,
-    )
+    with _plan.device_numerics():
+        plan = _plan.make_plan(
+            "fused",
+            device=cpu,
+            n_local_devices=4,
+            n_devices=4,
+            n_models=64,
+            memory_limit=3 * per_model,
+            widest="w",
+            **args,
+        )
     assert (plan.strategy, plan.models_per_call) == ("fused", 12)  # 3 per device
+    assert plan.linalg == _linalg.Linalg(looped=True, host_solve=False)
+    # On CPU the plan solves on the host, and refuses the fused float32 path on several
+    # devices (its host callbacks hang XLA:CPU).
+    with pytest.raises(ValueError, match="needs dtype=float64"):
+        _plan.make_plan(
+            "fused",
+            device=cpu,
+            n_local_devices=4,
+            n_devices=4,
+            n_models=64,
+            memory_limit=None,
+            widest="w",
+            **args,
+        )
     assert (
         _plan.make_plan(
             "auto",
             device=cpu,
             n_local_devices=1,
+            n_devices=1,
             n_models=64,
             memory_limit=None,
             widest="w",
@@ -153,6 +177,7 @@ def test_plan_chunks_the_model_axis():
             "fused",
             device=cpu,
             n_local_devices=1,
+            n_devices=1,
             n_models=3,
             memory_limit=per_model - 1,
             widest="w",
