@@ -76,8 +76,8 @@ MUTANTS = (
     Mutant(
         "sqrt-gram-singular-values",
         "ncti_jax/_nuclear.py",
-        "    _, v = linalg.eigh(a.T @ a)\n    v = v[:, ::-1]\n    return jnp.linalg.norm(a @ v, axis=0), v",
-        "    w, v = linalg.eigh(a.T @ a)\n    v = v[:, ::-1]\n    return jnp.sqrt(jnp.clip(w[::-1], 0.0)), v",
+        "    _, v = linalg.eigh(g)\n    v = v[:, ::-1]\n    return jnp.linalg.norm(a @ v, axis=0), v",
+        "    w, v = linalg.eigh(g)\n    v = v[:, ::-1]\n    return jnp.sqrt(jnp.clip(w[::-1], 0.0)), v",
         "singular values as square roots of Gram eigenvalues",
     ),
     Mutant(
