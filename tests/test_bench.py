@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import authors, contenders, data, floor, report, scenarios, worker
 from ncti_jax import cli, reference
+from ncti_jax.benchmarks import authors, contenders, data, floor, report, scenarios, worker
 
 GPU_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
 TINY = scenarios.SCENARIOS["tiny"]

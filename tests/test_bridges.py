@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from bridges import datasets, dlpack, extract, models  # noqa: E402
 from ncti_jax import cli, io  # noqa: E402
+from ncti_jax.bridges import datasets, dlpack, extract, models  # noqa: E402
 
 SIZE = 64  # a small input size keeps random-initialised CNNs fast on CPU
 pytestmark = pytest.mark.filterwarnings("ignore:.*n_components reduced:UserWarning")

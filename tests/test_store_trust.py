@@ -20,8 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from bridges import datasets, extract, models  # noqa: E402
 from ncti_jax import cli, io  # noqa: E402
+from ncti_jax.bridges import datasets, extract, models  # noqa: E402
 
 SIZE = 32  # tiny inputs keep random-initialised CNNs fast on CPU
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,7 +325,7 @@ def test_an_interrupted_extension_keeps_the_store_readable(image_folder, tmp_pat
 _KILLED = """
 import os, signal, sys
 import torchvision
-from bridges import extract, models
+from ncti_jax.bridges import extract, models
 
 class Loader:
     count = 0
