@@ -224,9 +224,9 @@ def add_compile_cache_option(parser) -> None:
     parser.add_argument(
         "--compile-cache",
         metavar="DIR|off",
-        help="JAX's persistent compilation cache: a second run on the same shapes loads its "
-        "kernels instead of compiling them; 'off' disables it (default: $NCTI_JAX_CACHE, "
-        "else $XDG_CACHE_HOME/ncti-jax/jax, i.e. ~/.cache/ncti-jax/jax)",
+        help="where JAX's persistent compilation cache lives, so that a second run on the "
+        "same shapes compiles nothing; 'off' disables it (default: $NCTI_JAX_CACHE, else "
+        "$XDG_CACHE_HOME/ncti-jax/jax, $XDG_CACHE_HOME being ~/.cache when unset)",
     )
 
 
