@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: the same as ``ncti bench``."""
+"""``python -m ncti_jax.benchmarks`` (``python -m benchmarks`` in a checkout): ``ncti bench``."""
 
 import sys
 

@@ -1,8 +1,13 @@
 """``ncti bench`` / ``python -m benchmarks``: time the JAX engine against its baselines.
 
 This process only orchestrates: it generates the features into the cache, then
-runs the machine probe and each contender in a fresh subprocess
-(``benchmarks.machine``, ``benchmarks.worker``) and never initialises JAX itself.
+runs the machine probe and each contender in a fresh subprocess (the ``machine``
+and ``worker`` modules of this package) and never initialises JAX itself.
+
+The package runs under two names: ``ncti_jax.benchmarks`` when installed (``ncti
+bench``), ``benchmarks`` from a source checkout (``python -m benchmarks``, as
+benchmarks/gpu.sh runs it); the subprocesses run under the same name as this one.
+By default every file goes under the current directory, never into the package.
 """
 
 from __future__ import annotations
@@ -20,10 +25,19 @@ from pathlib import Path
 
 from . import contenders, data, report, scenarios
 
-HERE = Path(__file__).resolve().parent
+# Where `ncti bench` writes when not told: the current directory.
+DEFAULT_OUT = Path("ncti-bench")
+DEFAULT_CACHE = DEFAULT_OUT / "features"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``ncti bench`` and ``python -m benchmarks``; ``func`` runs them."""
+    parser.description = (
+        "Time ncti_jax.score_zoo against the float64 reference and the authors' scikit-learn "
+        "pipeline on synthetic zoos: times, peak memory, accuracy against the float64 "
+        "reference and the machine's floor (see the benchmarks' README)."
+    )
+    parser.set_defaults(func=run)
     parser.add_argument(
         "--scenario",
         action="append",
@@ -46,7 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a contender whose run takes longer makes only --long-repeats (default: %(default)s)",
     )
-    parser.add_argument("--long-repeats", type=int, default=3, help="(default: %(default)s)")
+    parser.add_argument(
+        "--long-repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed calls of a contender past --long-run (default: %(default)s)",
+    )
     parser.add_argument(
         "--no-check",
         action="store_true",
@@ -56,14 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=HERE / ".cache",
-        help="feature cache directory (default: benchmarks/.cache)",
+        default=DEFAULT_CACHE,
+        metavar="DIR",
+        help="feature cache directory (default: %(default)s, under the current directory)",
     )
     parser.add_argument(
         "--out",
         type=Path,
-        default=HERE / "results",
-        help="results directory (default: benchmarks/results)",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help="results directory (default: %(default)s, under the current directory)",
     )
     parser.add_argument("--seed", type=int, default=0, help="feature generator seed (default: 0)")
     parser.add_argument(
@@ -79,10 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _python(module: str, *args: str) -> str | None:
-    """Runs ``python -m module args`` on this package; ``None`` on success, else why not."""
+    """Runs ``python -m <this package>.<module> args``; ``None`` on success, else why not."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
-    code = subprocess.run([sys.executable, "-m", module, *args], env=env, check=False).returncode
+    # The folder holding the top-level package (a checkout, or site-packages), so that the
+    # child imports the same code under the same name as this process.
+    top = sys.modules[__package__.partition(".")[0]]
+    root = str(Path(top.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", f"{__package__}.{module}", *args]
+    code = subprocess.run(command, env=env, check=False).returncode
     if code == 0:
         return None
     if code < 0:
@@ -108,9 +135,7 @@ def _worker(contender: contenders.Contender, store: Path, tmp: Path, label: str,
     result = tmp / f"{contender.name}.json"
     result.unlink(missing_ok=True)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    failure = _python(
-        "benchmarks.worker", contender.name, str(store), str(result), f"--label={label}", *flags
-    )
+    failure = _python("worker", contender.name, str(store), str(result), f"--label={label}", *flags)
     if failure:
         print(f"{label}: failed ({failure})", file=sys.stderr, flush=True)
         return {"contender": contender.name, "error": failure}
@@ -175,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(tmp_dir)
         print("probing the machine ...", file=sys.stderr, flush=True)
         quick = ["--quick"] if args.quick else []
-        failure = _python("benchmarks.machine", str(tmp / "machine.json"), *quick)
+        failure = _python("machine", str(tmp / "machine.json"), *quick)
         if failure:
             print(f"the machine probe failed ({failure}).", file=sys.stderr)
             return 1
@@ -245,13 +270,7 @@ def _plot(doc: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(
-        argparse.ArgumentParser(
-            prog="python -m benchmarks",
-            description="Time ncti_jax.score_zoo against the float64 reference and the "
-            "authors' scikit-learn pipeline on synthetic zoos.",
-        )
-    )
+    parser = add_arguments(argparse.ArgumentParser(prog=f"python -m {__package__}"))
     try:
         return run(parser.parse_args(argv))
     except ValueError as err:

@@ -98,7 +98,7 @@ def _child(argv: list[str]) -> dict:
 
 def _spawn(args: list[str], env: dict | None = None) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scaling", "--child", *args],
+        [sys.executable, "-m", f"{__package__}.scaling", "--child", *args],
         capture_output=True,
         text=True,
         env=env,

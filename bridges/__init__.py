@@ -1,11 +1,35 @@
 """Framework bridges: torchvision models -> penultimate features -> JAX.
 
-torch is imported by these modules and nowhere else in the project; importing
-this package itself imports nothing heavy.
+Installed as ``ncti_jax.bridges`` (the ``torch`` extra). torch is imported by these
+modules and nowhere else in the project; importing this package itself imports
+nothing heavy: :func:`rank_zoo`, :func:`extract_zoo` and :class:`ZooFeatures` are
+imported from :mod:`ncti_jax.bridges.pipeline` on first use.
 
-- :mod:`bridges.models`: torchvision models cut at the penultimate layer; weights,
+- :mod:`ncti_jax.bridges.pipeline`: images to ranking in one call (:func:`rank_zoo`).
+- :mod:`ncti_jax.bridges.models`: torchvision models cut at the penultimate layer; weights,
   checkpoints, zoo files, preprocessing.
-- :mod:`bridges.datasets`: the paper's target datasets, ImageFolder, subsampling.
-- :mod:`bridges.extract`: one pass over the data for the whole zoo; feature stores.
-- :mod:`bridges.dlpack`: zero-copy torch -> JAX handoff.
+- :mod:`ncti_jax.bridges.datasets`: the paper's target datasets, ImageFolder, subsampling.
+- :mod:`ncti_jax.bridges.extract`: one pass over the data for the whole zoo; feature stores.
+- :mod:`ncti_jax.bridges.dlpack`: zero-copy torch -> JAX handoff.
+- :mod:`ncti_jax.bridges.cli`: ``ncti extract``, ``ncti rank`` and ``ncti demo``.
 """
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"rank_zoo": ".pipeline", "extract_zoo": ".pipeline", "ZooFeatures": ".pipeline"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,7 +1,7 @@
 """Target datasets: the paper's torchvision datasets by name, or any ImageFolder.
 
 Images are returned undecoded-to-tensor (PIL) so that one decode can feed every
-model's preprocessing (see :mod:`bridges.extract`). Nothing is downloaded unless
+model's preprocessing (see :mod:`ncti_jax.bridges.extract`). Nothing is downloaded unless
 ``download=True`` is asked for.
 """
 

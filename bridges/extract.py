@@ -5,7 +5,7 @@ Images are decoded once per sample; each distinct preprocessing (the paper's
 ``preprocess="native"``) is applied to the decoded image once, and every model
 that shares it sees the same batch. On CUDA: channels_last, pinned memory,
 non-blocking copies and optional bf16 autocast. Features stay on the device
-when they fit and are handed to JAX through DLPack (:mod:`bridges.dlpack`).
+when they fit and are handed to JAX through DLPack (:mod:`ncti_jax.bridges.dlpack`).
 
 Feature stores (what ``ncti score`` reads): ``<model>.npy`` (N, D) float32 +
 ``labels.npy`` + ``meta.json``; every file is written atomically, and a re-run
@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ncti_jax.io import atomic_open, atomic_write_text
 
+from . import defaults
 from .datasets import dataset_labels, describe_samples, same_samples, sample_record
 from .models import (
     ModelSpec,
@@ -118,8 +119,8 @@ def extract_features(
     dataset: Dataset,
     transforms: Mapping[str, tuple[str, Callable]],
     *,
-    batch_size: int = 64,
-    device: str | torch.device = "auto",
+    batch_size: int = defaults.BATCH_SIZE,
+    device: str | torch.device = defaults.DEVICE,
     num_workers: int = 0,
     bf16: bool = False,
     keep_on_device: bool | None = None,
@@ -292,7 +293,7 @@ def stored_models(store: Path, specs: Sequence[ModelSpec], settings: Mapping[str
 
 def claim_store(store: Path, record: Mapping[str, Any]) -> None:
     """Refuses ``store`` if it holds features of other samples than ``record``'s
-    (:func:`bridges.datasets.sample_record`); records them in an empty store.
+    (:func:`ncti_jax.bridges.datasets.sample_record`); records them in an empty store.
 
     A store written before sample lists were recorded cannot be checked: extending
     it is refused (``ncti score`` still reads it).
@@ -331,9 +332,10 @@ def extract_to_store(
     store: str | os.PathLike,
     *,
     dataset_name: str,
-    preprocess: str = "paper",
-    image_size: int = 224,
+    preprocess: str = defaults.PREPROCESS[0],
+    image_size: int = defaults.IMAGE_SIZE,
     flush_every: float = 60.0,
+    log: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> tuple[list[str], Extraction | None]:
     """Extracts the models of ``specs`` not yet in ``store`` and writes them.
@@ -347,7 +349,8 @@ def extract_to_store(
     ``store/.partial/`` every ``flush_every`` seconds and when interrupted (Ctrl-C
     then raises :class:`ExtractionInterrupted`); the same call resumes from the last
     flushed row. A dataset whose samples cannot be identified
-    (:func:`bridges.datasets.sample_ids`) is extracted in one go, without flushes.
+    (:func:`ncti_jax.bridges.datasets.sample_ids`) is extracted in one go, without flushes.
+    ``log``, when given, is told which models are already stored, before extracting.
     """
     store = Path(store)
     check_model_names([s.name for s in specs], f"store {store}")
@@ -372,6 +375,8 @@ def extract_to_store(
     }
     done = stored_models(store, specs, settings)
     todo = [s for s in specs if s.name not in done]
+    if done and log is not None:
+        log(f"already stored, skipped: {', '.join(s.name for s in specs if s.name in done)}")
     if not todo:
         return [], None
     check_weights(todo)

@@ -17,6 +17,11 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
+# The CLI turns on JAX's persistent compilation cache (in ~/.cache by default) for the rest
+# of its process: tests that call it in this process leave the cache off, and the cache's
+# own test names a directory of its own.
+os.environ.setdefault("NCTI_JAX_CACHE", "off")
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run tests marked slow")

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import authors, contenders, data, floor, report, scenarios, worker
 from ncti_jax import cli, reference
+from ncti_jax.benchmarks import authors, contenders, data, floor, report, scenarios, worker
 
 GPU_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
 TINY = scenarios.SCENARIOS["tiny"]
@@ -214,3 +214,23 @@ def test_gpu_script_quick(tmp_path):
         "jax",
         "jax-device",
     }
+
+
+def test_bench_writes_under_the_current_directory(tmp_path, monkeypatch):
+    """Without --out and --cache, `ncti bench` writes into ./ncti-bench, never beside its code."""
+    from ncti_jax.benchmarks import cli as bench_cli
+
+    package = Path(bench_cli.__file__).resolve().parent
+
+    def files():
+        return sorted(p for p in package.rglob("*") if "__pycache__" not in p.parts)
+
+    before = files()
+    monkeypatch.chdir(tmp_path)
+    args = cli._parser("bench").parse_args(["bench"])
+    assert args.out.resolve() == tmp_path / "ncti-bench"
+    assert args.cache.resolve().parent == tmp_path / "ncti-bench"
+    assert cli.main(["bench", "--generate-only", "--scenario", "tiny"]) == 0
+    stores = list((tmp_path / "ncti-bench").rglob("labels.npy"))
+    assert [p.parent.name for p in stores] == ["tiny-seed0"]
+    assert files() == before

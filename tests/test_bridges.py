@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from bridges import datasets, dlpack, extract, models  # noqa: E402
 from ncti_jax import cli, io  # noqa: E402
+from ncti_jax.bridges import datasets, dlpack, extract, models  # noqa: E402
 
 SIZE = 64  # a small input size keeps random-initialised CNNs fast on CPU
 pytestmark = pytest.mark.filterwarnings("ignore:.*n_components reduced:UserWarning")
@@ -291,3 +291,49 @@ def test_rank_end_to_end_and_extract_then_score(image_folder, tmp_path, capsys):
     assert len(io.read_results(tmp_path / "mem")["models"]) == 2
     assert cli.main(["extract", *common, "--out", str(tmp_path / "store")]) == 0
     assert "already stored, skipped: resnet18, mobilenet_v3_small" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:.*normalise to 0:UserWarning")
+def test_rank_zoo_is_images_to_ranking_in_one_call(image_folder, tmp_path):
+    """The Python API that ``ncti rank`` wraps: in memory, then into a resumable store."""
+    import ncti_jax
+    from ncti_jax.bridges import ZooFeatures, extract_zoo, rank_zoo
+
+    kw = {"weights": "none", "image_size": SIZE, "batch_size": 6, "workers": 0}
+    kw |= {"device": "cpu", "progress": False}
+    zoo = "resnet18,mobilenet_v3_small"
+    in_memory = rank_zoo(zoo, str(image_folder), **kw)
+    assert isinstance(in_memory, ncti_jax.NCTIResult)
+    assert list(in_memory.models) == ["resnet18", "mobilenet_v3_small"]
+
+    said = []
+    stored = rank_zoo(zoo, str(image_folder), store=tmp_path / "store", log=said.append, **kw)
+    assert said == [f"24 images of 3 classes from {image_folder}"]
+    np.testing.assert_allclose(stored.etf, in_memory.etf, rtol=1e-6)
+    np.testing.assert_allclose(stored.ncti, in_memory.ncti, rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "store").glob("*.npy")) == [
+        "labels.npy",
+        "mobilenet_v3_small.npy",
+        "resnet18.npy",
+    ]
+
+    # A rerun extracts nothing, says so before extracting, and scores the same features.
+    said.clear()
+    again = extract_zoo(zoo, str(image_folder), store=tmp_path / "store", log=said.append, **kw)
+    assert isinstance(again, ZooFeatures)
+    assert again.extraction is None and again.extracted == []
+    assert again.stored == ["resnet18", "mobilenet_v3_small"]
+    assert said[-1] == "already stored, skipped: resnet18, mobilenet_v3_small"
+    features, labels = again.arrays()
+    assert list(features) == again.models and labels.shape == (24,)
+    rescored = ncti_jax.score_zoo(features, labels)
+    np.testing.assert_array_equal(rescored.etf, stored.etf)
+
+    # A zoo of specs, a dataset object, subsampling: the same call.
+    ds = datasets.load_dataset(str(image_folder))
+    few = extract_zoo([spec("resnet18")], ds, samples_per_class=2, **kw)
+    assert few.store is None and few.extracted == ["resnet18"]
+    features, labels = few.arrays()
+    assert features["resnet18"].shape == (6, 512) and np.bincount(labels).tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="unknown dataset"):
+        rank_zoo(zoo, "no-such-dataset", **kw)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from ncti_jax import cli, io, reference
+from ncti_jax import cli, defaults, io, reference
 
 import zoos
 
@@ -215,3 +219,79 @@ def test_score_scaling_options_and_resume(tmp_path, zoo, capsys):
 )
 def test_memory_sizes(text, value):
     assert cli._bytes(text) == value
+
+
+def test_compile_cache_second_run_compiles_nothing(tmp_path, zoo):
+    """Two ``ncti score`` processes on the same shapes: the first fills the persistent
+    compilation cache, the second loads every kernel from it and writes nothing new."""
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    cache = tmp_path / "jax-cache"
+    env = {**os.environ, "JAX_LOG_COMPILES": "1", "NCTI_JAX_CACHE": "off"}  # the flag wins
+
+    def score(out):
+        cmd = [sys.executable, "-m", "ncti_jax.cli", "score", str(store), "--out", str(out)]
+        cmd += ["-q", "--compile-cache", str(cache)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stderr
+
+    score(tmp_path / "first")
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "the first run cached no kernel"
+    log = score(tmp_path / "second")
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    compiled = log.count("Compiling ")
+    assert compiled > 0 and log.count("Persistent compilation cache hit") == compiled, log
+    assert (
+        io.read_results(tmp_path / "second")["models"]
+        == (io.read_results(tmp_path / "first")["models"])
+    )
+
+
+def test_compile_cache_location(tmp_path, monkeypatch):
+    monkeypatch.delenv("NCTI_JAX_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cli.compile_cache_dir() == str(tmp_path / "xdg" / "ncti-jax" / "jax")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cli.compile_cache_dir() == str(tmp_path / "home" / ".cache" / "ncti-jax" / "jax")
+    monkeypatch.setenv("NCTI_JAX_CACHE", str(tmp_path / "moved"))
+    assert cli.compile_cache_dir() == str(tmp_path / "moved")
+    assert cli.compile_cache_dir(str(tmp_path / "flag")) == str(tmp_path / "flag")
+    assert cli.compile_cache_dir("off") is None
+    monkeypatch.setenv("NCTI_JAX_CACHE", "off")
+    assert cli.compile_cache_dir() is None
+    assert cli.compile_cache_dir(str(tmp_path / "flag")) == str(tmp_path / "flag")
+
+
+def test_compile_cache_that_cannot_be_created_is_one_line(tmp_path, zoo, capsys):
+    feats, y = zoo
+    store = write_directory_store(tmp_path / "store", feats, y)
+    (tmp_path / "file").write_text("not a directory")
+    bad = tmp_path / "file" / "cache"
+    args = ["score", str(store), "--out", str(tmp_path / "out"), "--compile-cache", str(bad)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ncti score: error: --compile-cache {bad}: cannot create the compilation cache there "
+        "(Not a directory); 'off' disables it."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_rank_shares_the_scoring_options():
+    score = cli._parser().parse_args(["score", "store"])
+    rank = cli._parser("rank").parse_args(["rank"])
+    shared = ("out", "n_components", "dtype", "precision", "strategy", "chunk_rows")
+    shared += ("memory_limit", "checkpoint", "compile_cache", "quiet")
+    assert {k: getattr(rank, k) for k in shared} == {k: getattr(score, k) for k in shared}
+    assert (score.n_components, score.chunk_rows) == (defaults.N_COMPONENTS, defaults.CHUNK_ROWS)
+    assert (score.dtype, score.precision, score.strategy) == (
+        defaults.DTYPES[0],
+        defaults.PRECISIONS[0],
+        defaults.STRATEGIES[0],
+    )
+    for command in ("score", "rank", "extract", "demo", "bench", "evaluate", "plot"):
+        parser = cli._parser(command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for action in sub.choices[command]._actions:
+            assert action.help, f"ncti {command} {action.option_strings} has no help"

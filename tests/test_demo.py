@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from bridges import demo
 from ncti_jax import cli, ranking
+from ncti_jax.bridges import demo
 
 
 def test_quick_demo_report_is_consistent(tmp_path, capsys):

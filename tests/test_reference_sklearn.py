@@ -1,6 +1,6 @@
 """The NumPy reference against the authors' pipeline built from scikit-learn.
 
-The authors' scikit-learn pipeline (``benchmarks.authors``, shared with the
+The authors' scikit-learn pipeline (``ncti_jax.benchmarks.authors``, shared with the
 benchmarks) with an exact PCA (``svd_solver="full"``); float64; components agree
 to 1e-7 relative.
 """
@@ -15,7 +15,7 @@ from ncti_jax import reference
 import zoos
 
 pytest.importorskip("sklearn")
-from benchmarks import authors  # the authors' pipeline, as the benchmarks run it
+from ncti_jax.benchmarks import authors  # the authors' pipeline, as the benchmarks run it
 
 RTOL = 1e-7
 

@@ -20,8 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from bridges import datasets, extract, models  # noqa: E402
 from ncti_jax import cli, io  # noqa: E402
+from ncti_jax.bridges import datasets, extract, models  # noqa: E402
 
 SIZE = 32  # tiny inputs keep random-initialised CNNs fast on CPU
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +87,8 @@ def test_store_records_its_samples_and_refuses_others(image_folder, tmp_path, ca
     capsys.readouterr()
     run1 = common(image_folder, "mobilenet_v3_small", "--samples-per-class", "3", "--seed", "1")
     assert cli.main(["extract", *run1, "--out", str(store)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    found, err = capsys.readouterr().err.strip().splitlines()  # what it found; one error line
+    assert found == f"9 images of 3 classes from {image_folder}"
     assert f"store {store} holds samples of <" in err and "seed 0, 3 per class" in err
     assert "this run has <" in err and "seed 1, 3 per class" in err and "another --out" in err
     assert not (store / "mobilenet_v3_small.npy").exists()
@@ -228,8 +228,9 @@ def test_every_missing_weights_file_is_listed_before_extracting(
     args = common(image_folder, "resnet18,mobilenet_v3_small,resnet34")
     args[args.index("none")] = "DEFAULT"
     assert cli.main(["extract", *args, "--out", str(store)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "3 pre-trained weights file(s)" in err
+    found, err = capsys.readouterr().err.strip().splitlines()  # what it found; one error line
+    assert found.startswith("24 images of 3 classes from ")
+    assert err.startswith("ncti extract: error: ") and "3 pre-trained weights file(s)" in err
     assert f"model 'resnet18': {resnet18} is missing (from https://" in err
     assert f"model 'mobilenet_v3_small': {mobilenet} is missing (from https://" in err
     assert f"model 'resnet34': {resnet34} is corrupt" in err
@@ -325,7 +326,7 @@ def test_an_interrupted_extension_keeps_the_store_readable(image_folder, tmp_pat
 _KILLED = """
 import os, signal, sys
 import torchvision
-from bridges import extract, models
+from ncti_jax.bridges import extract, models
 
 class Loader:
     count = 0

@@ -1,0 +1,204 @@
+"""Images to ranking in one call: a torchvision zoo and an image dataset in, NCTI out.
+
+For a notebook::
+
+    from ncti_jax.bridges import rank_zoo
+
+    result = rank_zoo("resnet18,mobilenet_v3_small", "photos/", store="features", log=print)
+    result.best(), result.to_records()
+
+:func:`rank_zoo` extracts the zoo's penultimate features (:func:`extract_zoo`: in
+memory, or into a resumable feature store when ``store`` is given), then scores
+them with :func:`ncti_jax.score_zoo`. ``ncti rank`` and ``ncti extract`` are these
+functions behind a command line (:mod:`ncti_jax.bridges.cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from ncti_jax import defaults as engine
+
+from . import datasets, defaults, dlpack, extract, models
+
+if TYPE_CHECKING:
+    from ncti_jax import NCTIResult
+
+
+@dataclasses.dataclass
+class ZooFeatures:
+    """A zoo's penultimate features on a dataset, ready to score (:meth:`arrays`)."""
+
+    models: list[str]  # the zoo's models, in its order
+    extracted: list[str]  # extracted by this call
+    stored: list[str]  # already in ``store`` with the same settings: not extracted again
+    extraction: extract.Extraction | None  # this call's extraction; None: nothing to extract
+    store: Path | None  # the feature store, or None for features held in memory
+    features: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    def arrays(self) -> tuple[dict[str, Any], np.ndarray]:
+        """``({model: (N, D) features}, labels)`` in the zoo's order: JAX arrays handed
+        over from torch without a copy (in memory), or the store's files memory-mapped."""
+        if self.store is None:
+            return self.features, self.labels
+        from ncti_jax import io as ncti_io
+
+        return ncti_io.load_feature_store(self.store, models=self.models)
+
+
+def extract_zoo(
+    zoo: str | Sequence[models.ModelSpec],
+    dataset: str | Dataset,
+    *,
+    store: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    weights: str | None = defaults.WEIGHTS,
+    seed: int = defaults.SEED,
+    samples_per_class: int | None = None,
+    preprocess: str = defaults.PREPROCESS[0],
+    image_size: int = defaults.IMAGE_SIZE,
+    batch_size: int = defaults.BATCH_SIZE,
+    workers: int = defaults.WORKERS,
+    device: str = defaults.DEVICE,
+    bf16: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ZooFeatures:
+    """Extracts the penultimate features of every model of ``zoo`` on ``dataset``.
+
+    Args:
+      zoo: ``"group1"`` (the paper's supervised zoo), a zoo ``.toml`` file,
+        comma-separated torchvision architectures, or :class:`~.models.ModelSpec` s.
+      dataset: a target dataset name (``cifar10``, ...; see
+        :data:`~.datasets.DATASETS`), ``"imagefolder"`` (the folder is ``root``), the
+        path of an ImageFolder directory, or a torch dataset of (image, label) pairs.
+      store: a feature store directory to extract into: the models already stored
+        with the same settings are not extracted again, and an interrupted extraction
+        resumes where it stopped. None: features stay in memory.
+      root: where torchvision finds the dataset (the folder, for ``imagefolder``).
+      download: let torchvision download the dataset (needs network access).
+      weights: the torchvision weights of a named zoo's models: ``"DEFAULT"``, an
+        enum name such as ``"IMAGENET1K_V1"``, or None / ``"none"`` for random
+        initialisation seeded by ``seed``.
+      seed: seed of ``samples_per_class`` subsampling and of random initialisation.
+      samples_per_class: keep at most this many samples of each class (seeded).
+      preprocess: ``"paper"`` (resize to ``image_size``, ImageNet mean/std) or
+        ``"native"`` (each weights' own transforms).
+      image_size: input size of ``"paper"`` preprocessing.
+      batch_size, workers: data loader batch size and worker processes.
+      device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+      bf16: bfloat16 autocast on CUDA.
+      progress: a progress bar over the images (tqdm).
+      log: called with a line of text at each step (e.g. ``print``); None: silent.
+
+    Raises:
+      ValueError, OSError: a bad zoo, dataset, weights file or store, before
+        anything is extracted.
+      KeyboardInterrupt: Ctrl-C; into a store, :class:`~.extract.ExtractionInterrupted`
+        once the rows done were saved for the rerun.
+    """
+    say = log or (lambda line: None)
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    if isinstance(zoo, str):
+        specs = models.resolve_zoo(zoo, weights=weights, seed=seed)
+    else:
+        specs = list(zoo)
+        models.check_model_names([s.name for s in specs], "zoo")
+    if isinstance(dataset, str):
+        name, ds = dataset, datasets.load_dataset(dataset, root, download=download)
+    else:
+        name, ds = getattr(dataset, "name", None) or type(dataset).__name__, dataset
+    if samples_per_class:
+        ds = datasets.subsample_per_class(ds, samples_per_class, seed=seed)
+    say(_describe(ds, name))
+    names = [s.name for s in specs]
+    options = {
+        "batch_size": batch_size,
+        "device": device,
+        "num_workers": workers,
+        "bf16": bf16,
+        "progress": progress,
+    }
+    if store is not None:
+        extracted, result = extract.extract_to_store(
+            specs,
+            ds,
+            store,
+            dataset_name=name,
+            preprocess=preprocess,
+            image_size=image_size,
+            log=say,
+            **options,
+        )
+        stored = [n for n in names if n not in extracted]
+        return ZooFeatures(names, extracted, stored, result, Path(store))
+    extract.check_weights(specs)
+    loaded = {s.name: extract.load_model(s) for s in specs}
+    transforms = {s.name: extract.transform_for(s, preprocess, image_size) for s in specs}
+    result = extract.extract_features(loaded, ds, transforms, **options)
+    features = {n: dlpack.to_jax(t) for n, t in result.features.items()}
+    return ZooFeatures(names, names, [], result, None, features, result.labels)
+
+
+def rank_zoo(
+    zoo: str | Sequence[models.ModelSpec],
+    dataset: str | Dataset,
+    *,
+    store: str | os.PathLike | None = None,
+    n_components: int = engine.N_COMPONENTS,
+    dtype: str = engine.DTYPES[0],
+    precision: str = engine.PRECISIONS[0],
+    strategy: str = engine.STRATEGIES[0],
+    chunk_rows: int = engine.CHUNK_ROWS,
+    memory_limit: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    **extraction: Any,
+) -> NCTIResult:
+    """Ranks ``zoo`` on ``dataset`` by NCTI: images in, :class:`ncti_jax.NCTIResult` out.
+
+    Extracts the features (:func:`extract_zoo`, which takes ``zoo``, ``dataset``,
+    ``store``, ``progress``, ``log`` and the ``extraction`` keywords: ``root``,
+    ``weights``, ``samples_per_class``, ``preprocess``, ``device``, ...), then scores
+    them with :func:`ncti_jax.score_zoo` and the scoring arguments here (its own,
+    with the same defaults). With ``store``, a rerun extracts nothing already stored
+    and resumes an interrupted extraction; with ``checkpoint`` too, an interrupted
+    scoring resumes as well.
+    """
+    from ncti_jax import score_zoo
+
+    zoo_features = extract_zoo(zoo, dataset, store=store, progress=progress, log=log, **extraction)
+    features, labels = zoo_features.arrays()
+    return score_zoo(
+        features,
+        labels,
+        n_components=n_components,
+        dtype=dtype,
+        precision=precision,
+        strategy=strategy,
+        chunk_rows=chunk_rows,
+        memory_limit=memory_limit,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+
+
+def _describe(ds: Dataset, name: str) -> str:
+    """``24 images of 3 classes from photos/`` (the classes where the dataset names them)."""
+    base = ds
+    while isinstance(base, Subset):
+        base = base.dataset
+    classes = getattr(base, "classes", None)
+    of = f" of {len(classes)} classes" if classes is not None else ""
+    return f"{len(ds)} images{of} from {name}"
