@@ -1,8 +1,8 @@
 """NCTI in plain NumPy/SciPy, float64, one model at a time.
 
-The oracle for the tests and the baseline for the benchmarks. It follows
-the algorithm of ``docs/algorithm.md`` step by step and takes a different numerical route from the
-JAX engine wherever that is cheap (SVDs of the data instead of Gram matrices,
+The oracle for the tests and the baseline for the benchmarks. It follows the
+algorithm of ``docs/algorithm.md`` step by step and takes a different numerical
+route from the JAX engine wherever that is cheap (SVDs of the data instead of Gram matrices,
 explicit per-class covariances, data-dependent slicing instead of masks), so
 the two check each other.
 
