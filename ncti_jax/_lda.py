@@ -18,6 +18,9 @@ from ._nuclear import right_singular
 # within-class scaled data below TOL (absolute) and of the between-class
 # matrix below TOL * largest are dropped.
 TOL = 1e-4
+# The eigen solver's LDA is undefined when the within-class scatter's trace is at most
+# this many eps of the total's: no class has a spread above rounding.
+NO_SCATTER = 16
 
 
 class ClassStats:
@@ -132,4 +135,8 @@ def lda_eigen(
     projection = jnp.where(jnp.arange(k) < n_discriminants, z @ evecs, 0.0)
     coef = linalg.cho_solve(chol, stats.means.T).T  # means @ Sw^-1, (C, k)
     decision = z @ coef.T - 0.5 * jnp.sum(stats.means * coef, axis=1) + jnp.log(stats.priors)
-    return projection, decision
+    # Classes with no within-class scatter above rounding (every sample at its class mean)
+    # shrink Sw to zero with its own trace: the LDA is undefined (etf -> infinity), and
+    # scikit-learn fails. The model's components are NaN, so it is unranked.
+    undefined = (mu_w <= NO_SCATTER * jnp.finfo(z.dtype).eps * mu_t) & (mu_t > 0)
+    return jnp.where(undefined, jnp.nan, projection), jnp.where(undefined, jnp.nan, decision)

@@ -122,14 +122,20 @@ def _finite_or_none(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.ndarray, ...]:
+def normalise_zoo(
+    etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike, *, rtol: float | None = None
+) -> tuple[np.ndarray, ...]:
     """Min-max normalised components and NCTI from raw components, e.g. to merge zoos.
 
-    Host-side and float64: M numbers per component. A component that is equal
-    for every model normalises to 0.
+    Host-side and float64: M numbers per component. A component whose spread over
+    the zoo is at most ``rtol`` times its largest magnitude is equal for every model
+    up to rounding and normalises to 0 (min-max would stretch rounding noise to the
+    whole [0, 1] range).
 
     Args:
       etf, ncc, vc: (M,) raw components of the models to rank together.
+      rtol: the spread taken as equal (default: 16 eps of the inputs' floating
+        dtype, float64 for other inputs).
 
     Returns:
       etf_norm, ncc_norm, vc_norm, ncti, each an (M,) float64 NumPy array.
@@ -140,13 +146,22 @@ def normalise_zoo(etf: ArrayLike, ncc: ArrayLike, vc: ArrayLike) -> tuple[np.nda
       >>> score.tolist()  # etf and ncc best for the second model, vc best for it too
       [-1.0, 2.0]
     """
-    raw = np.stack(
-        [np.asarray(jax.device_get(v), np.float64).reshape(-1) for v in (etf, ncc, vc)], axis=1
-    )
+    values = [np.asarray(jax.device_get(v)) for v in (etf, ncc, vc)]
+    if rtol is None:
+        dtypes = [v.dtype if np.issubdtype(v.dtype, np.floating) else np.float64 for v in values]
+        rtol = 16 * max(float(np.finfo(d).eps) for d in dtypes)
+    raw = np.stack([v.astype(np.float64).reshape(-1) for v in values], axis=1)
     lo, hi = raw.min(axis=0), raw.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    norm = np.where(hi > lo, (raw - lo) / span, 0.0)
+    varies = ~_equal_up_to(raw, rtol)
+    span = np.where(varies, hi - lo, 1.0)
+    norm = np.where(varies, (raw - lo) / span, 0.0)
     return norm[:, 0], norm[:, 1], norm[:, 2], norm[:, 0] + norm[:, 1] - norm[:, 2]
+
+
+def _equal_up_to(raw: np.ndarray, rtol: float) -> np.ndarray:
+    """(3,) bool: the components of (M, 3) ``raw`` whose spread is at most ``rtol``
+    times their largest magnitude (exactly equal ones included)."""
+    return raw.max(axis=0) - raw.min(axis=0) <= rtol * np.abs(raw).max(axis=0)
 
 
 def finish(
@@ -181,9 +196,9 @@ def finish(
     norm = np.full((len(models), 4), np.nan)
     constant = np.zeros(3, bool)
     if finite.any():
-        norm[finite] = np.stack(normalise_zoo(*comps[finite].T), axis=1)
-        ok = comps[finite]
-        constant = ok.max(axis=0) == ok.min(axis=0)
+        rtol = 16 * float(np.finfo(raw.components.dtype).eps)
+        norm[finite] = np.stack(normalise_zoo(*comps[finite].T, rtol=rtol), axis=1)
+        constant = _equal_up_to(comps[finite], rtol)
         if constant.any():
             status[finite] |= Status.CONSTANT_COMPONENT
     ncti = norm[:, 3]
@@ -252,7 +267,7 @@ def _warn_flags(models, status, rank, cap, n_components, n_samples, constant) ->
     if constant.any():
         which = [c for c, flag in zip(("etf", "ncc", "vc"), constant, strict=True) if flag]
         messages.append(
-            f"component(s) {which} are equal for every model"
+            f"component(s) {which} are equal for every model (up to rounding)"
             f"{' (a zoo of one model)' if len(models) == 1 else ''}; they normalise to 0."
         )
     for message in messages:

@@ -215,10 +215,11 @@ def compare(result, ref, *, rtol: float = 1e-4, tie: float = 1e-3) -> dict[str, 
     for f in ("etf", "ncc", "vc"):
         a = np.asarray(getattr(result, f), np.float64)
         b = np.asarray(getattr(ref, f), np.float64)
-        if not np.isfinite(a).all():
-            problems.append(
-                f"{f} not finite for {[m for m, v in zip(models, a, strict=True) if not np.isfinite(v)]}"
-            )
+        for who, values in (("", a), ("the reference's ", b)):
+            if not np.isfinite(values).all():
+                bad = [m for m, v in zip(models, values, strict=True) if not np.isfinite(v)]
+                problems.append(f"{who}{f} not finite for {bad}")
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
             continue
         err = np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
         out[f] = float(err.max())

@@ -28,6 +28,7 @@ import scipy.special
 TOL = 1e-4  # scikit-learn's LinearDiscriminantAnalysis tol
 SHRINKAGE_FLOOR = 1e-10
 SHRINKAGE_TOP = 32
+NO_SCATTER = 16  # the eigen LDA is undefined below this many eps of within / total scatter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,11 @@ def lda_eigen(
     cov_w = sum(priors[c] * _cov(z[y == c]) for c in range(n_classes))
     cov_t = _cov(z)
     mu_w, mu_t = np.trace(cov_w) / k, np.trace(cov_t) / k
+    if mu_t > 0 and mu_w <= NO_SCATTER * np.finfo(np.float64).eps * mu_t:
+        # No class has a spread above rounding: Sw shrinks to zero with its own trace and
+        # the LDA is undefined (scikit-learn raises); the components are NaN.
+        nan = np.full((n, min(n_classes - 1, k)), np.nan)
+        return nan, np.full((n, n_classes), np.nan)
     sw = (1.0 - shrinkage) * cov_w + shrinkage * mu_w * np.eye(k)
     m = cov_t - (mu_t / mu_w) * cov_w if mu_w > 0 else cov_t - sw
     evals, evecs = scipy.linalg.eigh(m, sw)
@@ -169,6 +175,8 @@ def model_components(x, labels, n_components: int = 64) -> ReferenceComponents:
         projection, decision = lda_svd(z, y, n_classes)
     else:
         projection, decision = lda_eigen(z, y, n_classes, shrinkage)
+    if not np.isfinite(decision).all():  # the LDA is undefined (see lda_eigen)
+        return ReferenceComponents(np.nan, np.nan, np.nan, solver, shrinkage, int(z.shape[1]))
     etf = nuclear_norm(projection - projection.mean(axis=0))
     probs = scipy.special.softmax(decision, axis=1)
     ncc = float(np.mean(probs[np.arange(n), y]))
