@@ -17,7 +17,7 @@ import scipy.stats
 
 from ncti_jax.reference import logme as L
 
-CONVERGED = dict(tol=1e-14, max_iter=10_000)
+CONVERGED = dict(tol=1e-12, max_iter=10_000)
 
 
 def clustered(rng, n, d, n_classes, separation=1.0):
@@ -33,9 +33,11 @@ def gaussian_evidence(x, target, alpha, beta):
     return scipy.stats.multivariate_normal(np.zeros(n), cov).logpdf(target) / n
 
 
-@pytest.mark.parametrize(("n", "d", "epsilon"), [(12, 4, 0.0), (40, 8, 0.0), (6, 10, 1e-5)])
+# Well separated classes: without epsilon, a class whose indicator the features barely explain
+# has its maximum at alpha = infinity (no weights), where the fixed point runs off.
+@pytest.mark.parametrize(("n", "d", "epsilon"), [(24, 4, 0.0), (60, 8, 0.0), (20, 50, 1e-5)])
 def test_evidence_is_the_gaussian_log_density(rng, n, d, epsilon):
-    x, y = clustered(rng, n, d, 3)
+    x, y = clustered(rng, n, d, 3, separation=3.0)
     fit = L.logme_fit(x, y, epsilon=epsilon, **CONVERGED)
     assert np.all(fit.n_iter < CONVERGED["max_iter"])
     for c in range(3):
@@ -44,11 +46,11 @@ def test_evidence_is_the_gaussian_log_density(rng, n, d, epsilon):
     np.testing.assert_allclose(fit.score, np.mean(fit.evidence))
 
 
-@pytest.mark.parametrize(("n", "d"), [(12, 4), (40, 8)])
+@pytest.mark.parametrize(("n", "d"), [(24, 4), (60, 8)])
 def test_fixed_point_maximises_the_evidence(rng, n, d):
     """Without the epsilon in the updates, the converged (alpha, beta) is the evidence's
     maximum: no point of a log grid around it (out to a factor e^2) does better."""
-    x, y = clustered(rng, n, d, 3)
+    x, y = clustered(rng, n, d, 3, separation=3.0)
     fit = L.logme_fit(x, y, epsilon=0.0, **CONVERGED)
     steps = np.array([-2.0, -0.5, -0.1, -0.01, 0.0, 0.01, 0.1, 0.5, 2.0])
     for c in range(3):
@@ -72,7 +74,7 @@ def test_gram_and_svd_routes_agree(rng, n, d, variant):
     x, y = clustered(rng, n, d, 4)
     gram = L.logme_fit(x, y, solver="gram", variant=variant)
     svd = L.logme_fit(x, y, solver="svd", variant=variant)
-    np.testing.assert_allclose(gram.evidence, svd.evidence, rtol=1e-9)
+    np.testing.assert_allclose(gram.evidence, svd.evidence, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(gram.alpha, svd.alpha, rtol=1e-8)
     assert L.logme(x, y, variant=variant) == (gram.score if n > d else svd.score)
 
