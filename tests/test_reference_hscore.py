@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ncti_jax.reference import hscore as H
+# The module's names, not the package's: ncti_jax.reference may re-export them.
+from ncti_jax.reference.hscore import h_score, ledoit_wolf_shrinkage, shrinkage_h_score
 
 
 def clustered(rng, n, d, n_classes, separation=1.0):
@@ -39,7 +40,7 @@ def explicit_shrinkage_h_score(x, y, a):
 @pytest.mark.parametrize(("n", "d", "n_classes"), [(100, 5, 3), (300, 30, 7), (80, 60, 2)])
 def test_h_score_matches_the_explicit_formula(rng, n, d, n_classes):
     x, y = clustered(rng, n, d, n_classes)
-    np.testing.assert_allclose(H.h_score(x, y), explicit_h_score(x, y), rtol=1e-8)
+    np.testing.assert_allclose(h_score(x, y), explicit_h_score(x, y), rtol=1e-8)
 
 
 def test_one_hot_features_give_c_minus_one(rng):
@@ -48,24 +49,24 @@ def test_one_hot_features_give_c_minus_one(rng):
     for n_classes in (2, 5, 12):
         y = rng.permutation(np.arange(200) % n_classes)
         onehot = np.eye(n_classes)[y]
-        np.testing.assert_allclose(H.h_score(onehot, y), n_classes - 1, rtol=1e-12)
+        np.testing.assert_allclose(h_score(onehot, y), n_classes - 1, rtol=1e-12)
         scaled = 3.0 * onehot @ rng.normal(size=(n_classes, n_classes + 4)) + 1.5
-        np.testing.assert_allclose(H.h_score(scaled, y), n_classes - 1, rtol=1e-9)
+        np.testing.assert_allclose(h_score(scaled, y), n_classes - 1, rtol=1e-9)
 
 
 def test_fewer_samples_than_dimensions_saturate(rng):
     """N <= D, generic features: they span every centred labelling, so H = C - 1."""
     x, y = clustered(rng, 40, 90, 6)
-    np.testing.assert_allclose(H.h_score(x, y), 5.0, rtol=1e-10)
+    np.testing.assert_allclose(h_score(x, y), 5.0, rtol=1e-10)
 
 
 def test_uninformative_features_score_near_zero(rng):
     x = rng.normal(size=(4000, 6))
     y = rng.integers(0, 3, 4000)
-    assert H.h_score(x, y) < 0.05  # ~ (C - 1) D / N under independence
+    assert h_score(x, y) < 0.05  # ~ (C - 1) D / N under independence
 
 
-@pytest.mark.parametrize("score", [H.h_score, H.shrinkage_h_score])
+@pytest.mark.parametrize("score", [h_score, shrinkage_h_score])
 def test_more_separable_classes_score_higher(rng, score):
     y = rng.permutation(np.arange(300) % 4)
     centres, noise = rng.normal(size=(4, 20)), rng.normal(size=(300, 20))
@@ -73,7 +74,7 @@ def test_more_separable_classes_score_higher(rng, score):
     assert np.all(np.diff(values) > 0), values
 
 
-@pytest.mark.parametrize("score", [H.h_score, H.shrinkage_h_score])
+@pytest.mark.parametrize("score", [h_score, shrinkage_h_score])
 def test_labels_and_samples_renamed_and_permuted(rng, score):
     x, y = clustered(rng, 150, 12, 4)
     base = score(x, y)
@@ -87,20 +88,20 @@ def test_shrinkage_matches_scikit_learn(rng):
     for n, d in ((50, 10), (200, 40), (30, 80)):
         x, _ = clustered(rng, n, d, 2)
         expected = covariance.ledoit_wolf_shrinkage(x - x.mean(axis=0))
-        np.testing.assert_allclose(H.ledoit_wolf_shrinkage(x), expected, rtol=1e-10)
+        np.testing.assert_allclose(ledoit_wolf_shrinkage(x), expected, rtol=1e-10)
 
 
 @pytest.mark.parametrize(("n", "d"), [(200, 10), (60, 40)])
 def test_shrinkage_h_score_matches_the_explicit_formula(rng, n, d):
     x, y = clustered(rng, n, d, 4)
-    a = H.ledoit_wolf_shrinkage(x)
+    a = ledoit_wolf_shrinkage(x)
     assert 0.0 < a < 1.0
     np.testing.assert_allclose(
-        H.shrinkage_h_score(x, y), explicit_shrinkage_h_score(x, y, a), rtol=1e-9
+        shrinkage_h_score(x, y), explicit_shrinkage_h_score(x, y, a), rtol=1e-9
     )
     for fixed in (0.01, 0.3, 0.9):
         np.testing.assert_allclose(
-            H.shrinkage_h_score(x, y, shrinkage=fixed),
+            shrinkage_h_score(x, y, shrinkage=fixed),
             explicit_shrinkage_h_score(x, y, fixed),
             rtol=1e-9,
         )
@@ -111,34 +112,34 @@ def test_no_shrinkage_is_the_h_score_up_to_n_over_n_minus_one(rng):
     part): at zero shrinkage the score is N / (N - 1) H, and it tends there continuously."""
     n = 120
     x, y = clustered(rng, n, 15, 5)
-    limit = n / (n - 1) * H.h_score(x, y)
-    np.testing.assert_allclose(H.shrinkage_h_score(x, y, shrinkage=0.0), limit, rtol=1e-10)
-    gaps = [abs(H.shrinkage_h_score(x, y, shrinkage=a) - limit) for a in (1e-2, 1e-4, 1e-6)]
+    limit = n / (n - 1) * h_score(x, y)
+    np.testing.assert_allclose(shrinkage_h_score(x, y, shrinkage=0.0), limit, rtol=1e-10)
+    gaps = [abs(shrinkage_h_score(x, y, shrinkage=a) - limit) for a in (1e-2, 1e-4, 1e-6)]
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-4 * limit
 
 
 def test_full_shrinkage_scores_zero(rng):
     x, y = clustered(rng, 50, 8, 3)
-    assert H.shrinkage_h_score(x, y, shrinkage=1.0) == 0.0
+    assert shrinkage_h_score(x, y, shrinkage=1.0) == 0.0
 
 
 @pytest.mark.parametrize(("n", "d", "pad"), [(200, 20, 30), (40, 60, 50)])
 def test_zero_padded_columns(rng, n, d, pad):
     x, y = clustered(rng, n, d, 3)
     padded = np.hstack([x, np.zeros((n, pad))])
-    np.testing.assert_allclose(H.h_score(padded, y), H.h_score(x, y), rtol=1e-10)
-    unpadded = H.shrinkage_h_score(x, y)
-    np.testing.assert_allclose(H.shrinkage_h_score(padded, y, n_cols=d), unpadded, rtol=1e-10)
+    np.testing.assert_allclose(h_score(padded, y), h_score(x, y), rtol=1e-10)
+    unpadded = shrinkage_h_score(x, y)
+    np.testing.assert_allclose(shrinkage_h_score(padded, y, n_cols=d), unpadded, rtol=1e-10)
     np.testing.assert_allclose(
-        H.ledoit_wolf_shrinkage(padded, n_cols=d), H.ledoit_wolf_shrinkage(x), rtol=1e-10
+        ledoit_wolf_shrinkage(padded, n_cols=d), ledoit_wolf_shrinkage(x), rtol=1e-10
     )
     # Without the true width the shrinkage sees D + pad columns: a different score.
-    assert abs(H.shrinkage_h_score(padded, y) - unpadded) > 1e-6 * abs(unpadded)
+    assert abs(shrinkage_h_score(padded, y) - unpadded) > 1e-6 * abs(unpadded)
 
 
 def test_one_feature(rng):
     """D = 1: the covariance is a multiple of the identity, the shrinkage is 0 (as in
     scikit-learn), and the score is N / (N - 1) times the (one-dimensional) H-score."""
     x, y = clustered(rng, 90, 1, 3)
-    assert H.ledoit_wolf_shrinkage(x) == 0.0
-    np.testing.assert_allclose(H.shrinkage_h_score(x, y), 90 / 89 * H.h_score(x, y), rtol=1e-12)
+    assert ledoit_wolf_shrinkage(x) == 0.0
+    np.testing.assert_allclose(shrinkage_h_score(x, y), 90 / 89 * h_score(x, y), rtol=1e-12)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ncti_jax.reference import logme as L
+# The module's names, not the package's: ncti_jax.reference may re-export them.
+from ncti_jax.reference.logme import logme, logme_fit
 
 CONVERGED = dict(tol=1e-12, max_iter=10_000)
 
@@ -38,7 +39,7 @@ def gaussian_evidence(x, target, alpha, beta):
 @pytest.mark.parametrize(("n", "d", "epsilon"), [(24, 4, 0.0), (60, 8, 0.0), (20, 50, 1e-5)])
 def test_evidence_is_the_gaussian_log_density(rng, n, d, epsilon):
     x, y = clustered(rng, n, d, 3, separation=3.0)
-    fit = L.logme_fit(x, y, epsilon=epsilon, **CONVERGED)
+    fit = logme_fit(x, y, epsilon=epsilon, **CONVERGED)
     assert np.all(fit.n_iter < CONVERGED["max_iter"])
     for c in range(3):
         direct = gaussian_evidence(x, (y == c).astype(float), fit.alpha[c], fit.beta[c])
@@ -51,7 +52,7 @@ def test_fixed_point_maximises_the_evidence(rng, n, d):
     """Without the epsilon in the updates, the converged (alpha, beta) is the evidence's
     maximum: no point of a log grid around it (out to a factor e^2) does better."""
     x, y = clustered(rng, n, d, 3, separation=3.0)
-    fit = L.logme_fit(x, y, epsilon=0.0, **CONVERGED)
+    fit = logme_fit(x, y, epsilon=0.0, **CONVERGED)
     steps = np.array([-2.0, -0.5, -0.1, -0.01, 0.0, 0.01, 0.1, 0.5, 2.0])
     for c in range(3):
         target = (y == c).astype(float)
@@ -65,18 +66,18 @@ def test_fixed_point_maximises_the_evidence(rng, n, d):
 
 def test_default_stopping_is_close_to_converged(rng):
     x, y = clustered(rng, 200, 16, 4)
-    np.testing.assert_allclose(L.logme(x, y), L.logme(x, y, **CONVERGED), rtol=1e-2)
+    np.testing.assert_allclose(logme(x, y), logme(x, y, **CONVERGED), rtol=1e-2)
 
 
 @pytest.mark.parametrize(("n", "d"), [(200, 20), (30, 90), (50, 50)])
 @pytest.mark.parametrize("variant", ["paper", "thuml"])
 def test_gram_and_svd_routes_agree(rng, n, d, variant):
     x, y = clustered(rng, n, d, 4)
-    gram = L.logme_fit(x, y, solver="gram", variant=variant)
-    svd = L.logme_fit(x, y, solver="svd", variant=variant)
+    gram = logme_fit(x, y, solver="gram", variant=variant)
+    svd = logme_fit(x, y, solver="svd", variant=variant)
     np.testing.assert_allclose(gram.evidence, svd.evidence, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(gram.alpha, svd.alpha, rtol=1e-8)
-    assert L.logme(x, y, variant=variant) == (gram.score if n > d else svd.score)
+    assert logme(x, y, variant=variant) == (gram.score if n > d else svd.score)
 
 
 def test_routes_agree_on_rank_deficient_features(rng):
@@ -84,9 +85,9 @@ def test_routes_agree_on_rank_deficient_features(rng):
     add nothing; the evidence equals that of the full-rank factor."""
     x, y = clustered(rng, 150, 12, 3)
     wide = np.hstack([x, x @ rng.normal(size=(12, 20))])
-    gram, svd = (L.logme(wide, y, solver=s) for s in ("gram", "svd"))
+    gram, svd = (logme(wide, y, solver=s) for s in ("gram", "svd"))
     np.testing.assert_allclose(gram, svd, rtol=1e-9)
-    fit = L.logme_fit(wide, y, **CONVERGED)
+    fit = logme_fit(wide, y, **CONVERGED)
     direct = [
         gaussian_evidence(wide, (y == c).astype(float), fit.alpha[c], fit.beta[c]) for c in range(3)
     ]
@@ -98,9 +99,9 @@ def test_zero_padded_columns(rng, n, d, pad):
     """N > D', D < N < D' (the original switches branch) and N < D < D'."""
     x, y = clustered(rng, n, d, 3)
     padded = np.hstack([x, np.zeros((n, pad))])
-    np.testing.assert_allclose(L.logme(padded, y), L.logme(x, y), rtol=1e-10)
+    np.testing.assert_allclose(logme(padded, y), logme(x, y), rtol=1e-10)
     np.testing.assert_allclose(
-        L.logme(padded, y, variant="thuml", n_cols=d), L.logme(x, y, variant="thuml"), rtol=1e-10
+        logme(padded, y, variant="thuml", n_cols=d), logme(x, y, variant="thuml"), rtol=1e-10
     )
 
 
@@ -108,8 +109,8 @@ def test_zero_padded_columns(rng, n, d, pad):
 def test_thuml_variant_bias(rng, n, d):
     """The repository's evidence = the marginal likelihood + max(D - N, 0) / 2 log alpha."""
     x, y = clustered(rng, n, d, 3)
-    paper = L.logme_fit(x, y)
-    thuml = L.logme_fit(x, y, variant="thuml")
+    paper = logme_fit(x, y)
+    thuml = logme_fit(x, y, variant="thuml")
     np.testing.assert_array_equal(paper.alpha, thuml.alpha)  # the same fixed point
     bias = max(d - n, 0) / 2 * np.log(paper.alpha) / n
     np.testing.assert_allclose(thuml.evidence - paper.evidence, bias, atol=1e-12)
@@ -119,27 +120,27 @@ def test_thuml_variant_bias(rng, n, d):
 
 def test_labels_and_samples_renamed_and_permuted(rng):
     x, y = clustered(rng, 120, 10, 4)
-    base = L.logme(x, y)
+    base = logme(x, y)
     names = np.array(["cat", "dog", "emu", "yak"])[::-1][y]  # other names, other order
-    np.testing.assert_allclose(L.logme(x, names), base, rtol=1e-12)
-    np.testing.assert_allclose(L.logme(x, 7 * y + 3), base, rtol=1e-12)
+    np.testing.assert_allclose(logme(x, names), base, rtol=1e-12)
+    np.testing.assert_allclose(logme(x, 7 * y + 3), base, rtol=1e-12)
     order = rng.permutation(120)
-    np.testing.assert_allclose(L.logme(x[order], y[order]), base, rtol=1e-10)
+    np.testing.assert_allclose(logme(x[order], y[order]), base, rtol=1e-10)
 
 
 @pytest.mark.parametrize(("n", "d"), [(300, 16), (40, 100)])
 def test_more_separable_classes_score_higher(rng, n, d):
     y = rng.permutation(np.arange(n) % 4)
     centres, noise = rng.normal(size=(4, d)), rng.normal(size=(n, d))
-    scores = [L.logme(noise + s * centres[y], y) for s in (0.0, 0.5, 1.0, 2.0, 4.0)]
+    scores = [logme(noise + s * centres[y], y) for s in (0.0, 0.5, 1.0, 2.0, 4.0)]
     assert np.all(np.diff(scores) > 0), scores
 
 
 def test_bad_arguments(rng):
     x, y = clustered(rng, 20, 4, 2)
     with pytest.raises(ValueError, match="variant"):
-        L.logme(x, y, variant="icml")
+        logme(x, y, variant="icml")
     with pytest.raises(ValueError, match="solver"):
-        L.logme(x, y, solver="qr")
+        logme(x, y, solver="qr")
     with pytest.raises(ValueError, match="labels"):
-        L.logme(x, y[:-1])
+        logme(x, y[:-1])
