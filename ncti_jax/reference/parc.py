@@ -34,7 +34,7 @@ What is broken in those committed files, and what this module does instead:
    ``np.random.default_rng(seed)``) and scores the sampled features *with their
    labels*. The sample is the only random step; ``seed`` fixes it.
 3. ``feature_reduce`` caps k at N but not at D: scikit-learn's PCA raises for
-   D < 32 (and the randomized solver for k >= min(N, D)). Here k = min(k, N - 1, D),
+   D < 32 (``ValueError``). Here k = min(k, N - 1, D),
    less directions of zero variance (see padding below).
 4. ``np.eye(num_classes)[y]`` with ``num_classes = len(np.unique(y))`` assumes
    labels 0..C-1 (gapped labels raise or mis-index); labels are remapped here.
@@ -49,8 +49,9 @@ What is broken in those committed files, and what this module does instead:
    kernel has a deterministic oracle; the sign of each direction follows
    scikit-learn's convention (>= 1.5: the largest-magnitude loading positive).
    Signs matter: the row correlations of the standardised Z change when a
-   column is negated. (scikit-learn < 1.5 fixed the signs by the scores instead,
-   so even the original's numbers depend on the scikit-learn version.)
+   column is negated. (Older scikit-learn releases chose the signs from the
+   scores, U, instead, so the original's numbers also depend on that version;
+   the parity below used scikit-learn 1.9.1.)
 
 Zero-padded columns: unchanged score. Padding adds only zero-variance directions,
 which the PCA here drops (the original would keep some of them as columns of
