@@ -48,10 +48,10 @@ pca_components=None`` the engine must average over the model's true D columns
 (``true_dim`` here does that: only the first ``true_dim`` columns are used).
 
 Parity (scratch NumPy transcription of ``get_gbc_score`` in float64, never
-committed; the PCA cases on scikit-learn ``PCA(64, svd_solver="full")`` output;
+committed; the PCA cases (D >= 64) on scikit-learn ``PCA(64, svd_solver="full")`` output;
 fresh random Gaussian classes of random scales; (N, D, C) in (200, 80, 3),
-(600, 128, 10), (1500, 256, 30), (400, 70, 5), (300, 20, 4), 3 draws each, scores
-from -30 down to -1e-206):
+(600, 128, 10), (1500, 256, 30), (400, 70, 5), (300, 20, 4), 3 draws each; the
+scores span many orders of magnitude, down to -1e-206):
 
 - spherical, PCA 64 (the default): max rel diff 5.0e-14
 - diagonal, PCA 64: max rel diff 2.3e-13

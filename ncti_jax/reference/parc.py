@@ -53,6 +53,9 @@ What is broken in those committed files, and what this module does instead:
    scores, U, instead, so the original's numbers also depend on that version;
    the parity below used scikit-learn 1.9.1.)
 
+Cost: O(N^2) time and memory (the N x N dissimilarities and their N(N-1)/2 ranks;
+about 2 GB in float64 at the 15000-sample cap), which is why the original samples.
+
 Zero-padded columns: unchanged score. Padding adds only zero-variance directions,
 which the PCA here drops (the original would keep some of them as columns of
 noise when D < k, if it ran). With ``ratio <= 1`` k depends on D: pass the
