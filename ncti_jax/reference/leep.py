@@ -51,13 +51,13 @@ Differences from the originals, all outside their domain of agreement:
 
 Parity (scratch transcriptions of the originals, never committed; fresh random
 inputs: softmax of random logits or Dirichlet rows; N in {50, 300, 2000},
-C_s in {5, 40, 1000}, C_t in {2, 10, 100} with C_t <= N/3; 1008 cases):
+C_s in {5, 40, 1000}, C_t in {2, 10, 100} with C_t <= N/3; 1008 cases for LEEP, 288 for NCE):
 
 - ``leep`` vs TLlib ``tllib/ranking/leep.py``: max rel diff 8.9e-16
 - ``leep(variant="repository")`` vs SFDA/NCTI ``metrics.py`` ``LEEP`` (the part
   after its ``softmax``, with C_s in place of the hard-coded 1000): max rel diff 5.5e-16
 - ``nce`` vs TLlib ``tllib/ranking/nce.py`` on the argmax: max rel diff 9.7e-16
-  where NCE != 0; where the argmax mapping is deterministic (NCE = 0, 11 cases)
+  where NCE != 0; where the argmax mapping is deterministic (NCE = 0, 11 of 288)
   TLlib gives -4e-18 at most (its 1e-20 offset), this module exactly 0
 """
 
