@@ -33,6 +33,10 @@ ETran ranks a zoo; it is not a per-model number. Per model ``m``:
 
 and over the zoo (``tw.py``): ``ETran_m = 0.15 minmax(E)_m + 0.85 minmax(L)_m``.
 
+Parameters (keyword arguments, the repository's values as defaults): ``percent`` 0.5,
+``tail`` ``"bot"``, ``lda`` ``"fisher"`` (``"repository"`` for the committed code's
+numbers), ``energy_weight`` 0.15, ``dim``/``dims`` the true feature widths.
+
 Zero-padded columns: the energy of a matrix with ``P`` extra zero columns gains ``P``
 terms ``exp(0) = 1`` inside the log-sum-exp, so it is *not* invariant: pass ``dim``, the
 true width, and only the first ``dim`` columns enter (the engine pads trailing columns).

@@ -1,7 +1,7 @@
 """NLEEP (Gaussian-mixture LEEP) in plain NumPy/SciPy, float64, seeded.
 
-Source of truth: TencentARC/SFDA ``metrics.py`` (``NLEEP``; the NCTI authors ship the same
-function); paper: Li et al., "Ranking Neural Checkpoints", CVPR 2021 (NLEEP), after
+Source of truth: TencentARC/SFDA ``metrics.py`` (``NLEEP``; the NCTI authors' repository
+ships an NLEEP too, not compared here); paper: Li et al., "Ranking Neural Checkpoints", CVPR 2021 (NLEEP), after
 Nguyen et al., "LEEP", ICML 2020. Written from the math; no code of the original is used,
 and no scikit-learn: the PCA, k-means and EM below are this module's own.
 
@@ -26,6 +26,10 @@ Algorithm, features ``X`` (N, D), labels ``y`` in ``0..C-1``:
    (it drops the log). Both are in (-inf, 0] and (0, 1] respectively; the ranking of a
    zoo may differ between them (the mean of logs punishes a few badly explained samples
    far more).
+
+Parameters (keyword arguments of :func:`nleep`, the original's values as defaults):
+``component_ratio`` 5, ``explained_variance`` 0.8, ``seed`` 0 (k-means++ seeding),
+``variant`` ``"paper"``, ``max_iter`` 100, ``tol`` 1e-3, ``reg_covar`` 1e-6.
 
 Zero-padded columns change nothing: they add no variance, so the PCA projection and
 everything after it are the same; the metric never uses D.

@@ -25,6 +25,11 @@ and means ``mu_c``:
 5. ``SFDA = (1/N) sum_i p(y_i | x_i')``. The original ignores the log "in case of
    instability" (its comment); so does this reference.
 
+Parameters (keyword arguments of :func:`sfda`): ``dim`` (true feature width, default
+``features.shape[1]``), ``shrinkage`` (``None``: the rule of step 1, the original's
+default; a number fixes it for both steps), ``power_iterations`` (3 as in the original;
+``None``: the exact top eigenvalue).
+
 The dimension D enters only through ``tr(Sw) / D``: pass the model's true width as
 ``dim`` when the features carry zero-padded columns, and the score is that of the
 unpadded features (padded coordinates have zero means and zero covariance; the power
