@@ -2,7 +2,12 @@
 the baselines of the benchmarks, written plainly and independently of the engine.
 
 ``ncti_jax.reference.score_zoo`` and the other names below are NCTI's
-(:mod:`ncti_jax.reference.ncti`).
+(:mod:`ncti_jax.reference.ncti`). The other metrics' references (issue #14: the
+batched kernels come next) are imported from their modules: ``logme``, ``hscore``
+(H-score and the Ledoit-Wolf shrinkage H-score), ``transrate``, ``gbc``, ``leep``
+(LEEP and NCE), ``parc``, ``sfda``, ``nleep`` and ``etran``. Each module's docstring
+gives its formula, its source of truth, the parity measured against the original
+code and every deliberate deviation from it.
 """
 
 from .ncti import SHRINKAGE_FLOOR as SHRINKAGE_FLOOR
