@@ -47,8 +47,13 @@ def _singular_values(a: jax.Array) -> jax.Array:
     return jnp.linalg.svd(a, compute_uv=False)
 
 
+def _svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return jnp.linalg.svd(a, full_matrices=False)
+
+
 _LOOPED = {
-    f: sequential_vmap(f) for f in (_eigh, _cholesky, _lower_solve, _upper_solve, _singular_values)
+    f: sequential_vmap(f)
+    for f in (_eigh, _cholesky, _lower_solve, _upper_solve, _singular_values, _svd)
 }
 
 
@@ -89,6 +94,17 @@ class Linalg:
     def singular_values(self, a: jax.Array) -> jax.Array:
         """Singular values of a matrix, decreasing (a direct SVD: accurate to ``eps * s_max``)."""
         return self._pick(_singular_values)(a)
+
+    def right_singular(self, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Singular values (decreasing, zero-padded to ``p``) and the (p, p) right singular
+        vectors (zero columns past ``min(n, p)``) of ``a`` (n, p), by a direct SVD:
+        accurate to ``eps * s_max`` for small and large singular values alike."""
+        n, p = a.shape
+        _, s, vt = self._pick(_svd)(a)
+        if n < p:
+            s = jnp.concatenate([s, jnp.zeros(p - n, s.dtype)])
+            vt = jnp.concatenate([vt, jnp.zeros((p - n, p), vt.dtype)])
+        return s, vt.T
 
     def cholesky(self, a: jax.Array) -> jax.Array:
         """Lower Cholesky factor."""

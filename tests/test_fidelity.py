@@ -159,3 +159,20 @@ def test_fidelity_issue_generator_seeds_that_gave_nan():
     assert result.ranked().all()
     report = regimes.compare(result, ref_of(feats, y))
     assert report["problems"] == [], report
+
+
+@pytest.mark.parametrize("seed", [992045525, 3196395211])
+@pytest.mark.parametrize("mode", ["host", "device-fused"])
+def test_small_between_class_direction_is_kept(seed, mode):
+    """Seeds where CI found it: a rank-5 model of the low-rank regime whose between-class
+    spectrum ends at 6e-4 of its largest. float64 keeps that direction (scikit-learn's TOL
+    is 1e-4); float32 through a Gram dropped it below sqrt(k eps) = 1.5e-3, and etf fell
+    by sqrt(N) = 20 (a unit-variance column of the projection). A direct SVD keeps it."""
+    feats, y = regimes.make("low-rank", np.random.default_rng(seed), size="tiny")
+    ref = reference.score_zoo({m: np.asarray(x, np.float64) for m, x in feats.items()}, y)
+    ctx = _plan.device_numerics() if mode == "device-fused" else contextlib.nullcontext()
+    with ctx, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = ncti_jax.score_zoo(feats, y, strategy="fused" if mode != "host" else "auto")
+    report = regimes.compare(result, ref)
+    assert report["problems"] == [], report

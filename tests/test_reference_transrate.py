@@ -110,4 +110,6 @@ def test_two_classes_do_not_reward_separation(rng):
 def test_shuffled_labels_score_lower(rng):
     x, y = clustered(rng, 400, 8, 4, separation=2.0)
     shuffled = rng.permutation(y)
-    assert transrate(x, y) > transrate(x, shuffled) + 1.0
+    # Over 300 seeds: the true labels score at least 5.7 times and 0.74 above the shuffled.
+    true, chance = transrate(x, y), transrate(x, shuffled)
+    assert true > 3 * chance and true > chance + 0.5, (true, chance)
