@@ -411,8 +411,11 @@ def _score_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _truth_for(spec: str, models: Sequence[str]) -> tuple[list[str], list[float], list[float]]:
-    """Aligns ground truth with scored models; returns (names, truth) for the models kept."""
+def _align_truth(results, scores: dict[str, float], spec: str, min_common: int = 3):
+    """The models both the results and the ground truth ``spec`` know (in the results'
+    order) and their accuracies, for ``ncti evaluate`` and ``ncti plot`` alike; says on
+    one line each which models are left out, and why. Raises ValueError below
+    ``min_common`` models in common."""
     from pathlib import Path
 
     from . import io as ncti_io
@@ -420,25 +423,48 @@ def _truth_for(spec: str, models: Sequence[str]) -> tuple[list[str], list[float]
 
     published = ":" in spec and not Path(spec).exists()
     truth = ranking.published_truth(spec) if published else ncti_io.read_truth(spec)
+    unmeasured = []
     if published:
-        table = ranking.finetune_accuracy()[spec.split(":")[0]][spec.split(":")[1]]
-        unmeasured = [m for m in models if table.get(m) == 0]
+        group, _, dataset = spec.partition(":")
+        table = ranking.finetune_accuracy()[group][dataset]
+        unmeasured = [m for m in scores if table.get(m) == 0]
+    no_accuracy = [m for m in scores if m not in truth and m not in unmeasured]
+    no_score = sorted(m for m in truth if m not in scores)
+    names = [m for m in scores if m in truth]
+    if len(names) < min_common:
+        details = ""
         if unmeasured:
-            warnings.warn(
-                f"{spec} has no measured accuracy for {unmeasured}; left out.",
-                UserWarning,
-                stacklevel=2,
-            )
-        models = [m for m in models if m not in unmeasured]
-    missing = [m for m in models if m not in truth]
-    if missing:
-        raise ValueError(f"ground truth {spec!r} has no accuracy for model(s) {missing}.")
-    unknown = sorted(set(truth) - set(models))
-    if unknown and not published:
+            details += f"; {spec} has no measured accuracy for {unmeasured}"
+        if no_accuracy:
+            details += f"; ground truth {spec!r} has no accuracy for model(s) {no_accuracy}"
+        if no_score:
+            details += f"; the results have no score for model(s) {no_score}"
         raise ValueError(
-            f"ground truth {spec!r} names model(s) {unknown} that are not in the results."
+            f"only {len(names)} model(s) in common between the results {str(results)!r} "
+            f"and the ground truth {spec!r}; need at least {min_common}{details}."
         )
-    return list(models), [truth[m] for m in models]
+    if unmeasured:
+        warnings.warn(
+            f"{spec} has no measured accuracy for {unmeasured}; left out.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if no_accuracy:
+        warnings.warn(
+            f"ground truth {spec!r} has no accuracy for model(s) {no_accuracy} of the "
+            f"results {str(results)!r}; left out, {len(names)} models evaluated.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if no_score:
+        warnings.warn(
+            f"the results {str(results)!r} have no score for model(s) {no_score} of the "
+            f"ground truth {spec!r}; left out, {len(names)} models evaluated.",
+            UserWarning,
+            stacklevel=2,
+        )
+    left_out = {"no_accuracy": no_accuracy, "no_score": no_score, "unmeasured": unmeasured}
+    return names, [truth[m] for m in names], left_out
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -455,58 +481,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from . import io as ncti_io
 
     min_common = 3  # top-3 metrics; with 2 models every correlation is +-1
+
+    def align(results, scores: dict[str, float], spec: str):
+        return _align_truth(results, scores, spec, min_common)
+
     # The interval resamples M models with replacement. Below 8 models more than 2.5% of
     # resamples hold at most 3 distinct models (M=7: 8%, M=8: 2.0%, M=10: 0.07%), so the
     # ends of the 95% interval are set by such near-degenerate rankings.
     min_interval = 8
-
-    def align(results, scores: dict[str, float], spec: str):
-        """The models both sides know (in the results' order) and their accuracies; says
-        on one line each which models are left out, and why."""
-        published = ":" in spec and not Path(spec).exists()
-        truth = ranking.published_truth(spec) if published else ncti_io.read_truth(spec)
-        unmeasured = []
-        if published:
-            group, _, dataset = spec.partition(":")
-            table = ranking.finetune_accuracy()[group][dataset]
-            unmeasured = [m for m in scores if table.get(m) == 0]
-        no_accuracy = [m for m in scores if m not in truth and m not in unmeasured]
-        no_score = sorted(m for m in truth if m not in scores)
-        names = [m for m in scores if m in truth]
-        if len(names) < min_common:
-            details = ""
-            if unmeasured:
-                details += f"; {spec} has no measured accuracy for {unmeasured}"
-            if no_accuracy:
-                details += f"; ground truth {spec!r} has no accuracy for model(s) {no_accuracy}"
-            if no_score:
-                details += f"; the results have no score for model(s) {no_score}"
-            raise ValueError(
-                f"only {len(names)} model(s) in common between the results {str(results)!r} "
-                f"and the ground truth {spec!r}; need at least {min_common}{details}."
-            )
-        if unmeasured:
-            warnings.warn(
-                f"{spec} has no measured accuracy for {unmeasured}; left out.",
-                UserWarning,
-                stacklevel=2,
-            )
-        if no_accuracy:
-            warnings.warn(
-                f"ground truth {spec!r} has no accuracy for model(s) {no_accuracy} of the "
-                f"results {str(results)!r}; left out, {len(names)} models evaluated.",
-                UserWarning,
-                stacklevel=2,
-            )
-        if no_score:
-            warnings.warn(
-                f"the results {str(results)!r} have no score for model(s) {no_score} of the "
-                f"ground truth {spec!r}; left out, {len(names)} models evaluated.",
-                UserWarning,
-                stacklevel=2,
-            )
-        left_out = {"no_accuracy": no_accuracy, "no_score": no_score, "unmeasured": unmeasured}
-        return names, [truth[m] for m in names], left_out
 
     def number(value: float) -> float | None:  # strict JSON: null, never NaN
         return value if math.isfinite(value) else None
@@ -655,7 +637,7 @@ def _plot(args: argparse.Namespace) -> int:
     written = [plots.plot_ranking(records, out / "ranking.png")]
     if args.truth:
         scores = {r["model"]: r["ncti"] for r in records if r["ncti"] is not None}
-        names, truth = _truth_for(args.truth, list(scores))
+        names, truth, _ = _align_truth(source, scores, args.truth)
         x, y = np.array([scores[m] for m in names]), np.array(truth)
         written.append(
             plots.plot_vs_truth(

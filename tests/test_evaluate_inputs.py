@@ -368,3 +368,19 @@ def test_small_zoo_warns_that_the_interval_means_little(tmp_path, capsys):
     scores = write_scores(tmp_path, scores_doc(), name="all.json")
     rc, _, err = run(capsys, scores, "--truth", truth)
     assert rc == 0 and not [w for w in warnings_of(err) if "bootstrap interval" in w]
+
+
+def test_plot_aligns_truth_as_evaluate_does(tmp_path, capsys):
+    """``ncti plot --truth`` takes the models both sides know, as ``ncti evaluate`` does,
+    and names the ones it leaves out (it used to refuse any difference)."""
+    pytest.importorskip("matplotlib")
+    scores = write_scores(tmp_path, scores_doc(MODELS[:6]))
+    truth = write_truth_csv(tmp_path, plain_truth_lines(MODELS[1:], ACC[1:]))
+    rc = cli.main(["plot", str(scores), "--truth", str(truth), "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert (tmp_path / "p" / "ncti_vs_truth.png").read_bytes()[:4] == b"\x89PNG"
+    assert "['m0']" in err and "['m6', 'm7']" in err  # no accuracy; no score
+    too_few = write_truth_csv(tmp_path, plain_truth_lines(MODELS[5:], ACC[5:]), name="few.csv")
+    assert cli.main(["plot", str(scores), "--truth", str(too_few)]) == 2
+    assert "only 1 model(s) in common" in capsys.readouterr().err
