@@ -34,7 +34,8 @@ def _device_peak_bytes() -> int | None:
 
 
 def _plan_bytes(features, labels) -> int | None:
-    """Device bytes the memory planner expects one fused call to fill (``None``: not fused).
+    """Device bytes the memory planner expects one fused call to fill (``None``: not fused),
+    for score_zoo's defaults on these features.
 
     Recorded beside the measured device peak, which also holds the features of the
     ``jax-device`` contender (already on the device before the call).
@@ -42,28 +43,23 @@ def _plan_bytes(features, labels) -> int | None:
     import jax
     import numpy as np
 
-    from ncti_jax import _plan
+    from ncti_jax import _plan, defaults
 
     n, d_max = len(labels), max(x.shape[1] for x in features.values())
-    n_classes, k = len(np.unique(np.asarray(labels))), min(64, len(labels) - 1, d_max)
-    plan = _plan.make_plan(
-        "auto",
+    return _plan.make_plan(
+        defaults.STRATEGIES[0],
         device=jax.local_devices()[0],
         n_local_devices=jax.local_device_count(),
         n_devices=jax.device_count(),
         n_models=len(features),
         n=n,
         d_max=d_max,
-        k=k,
-        n_classes=n_classes,
-        dtype=np.float32,
+        k=min(defaults.N_COMPONENTS, n - 1, d_max),
+        n_classes=len(np.unique(np.asarray(labels))),
+        dtype=np.dtype(defaults.DTYPES[0]),
         memory_limit=None,
         widest="",
-    )
-    if plan.strategy != "fused":
-        return None
-    per_device = plan.models_per_call // jax.local_device_count()
-    return per_device * _plan.fused_bytes(n, d_max, k, n_classes, 4)
+    ).call_bytes
 
 
 def measure(

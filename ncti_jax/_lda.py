@@ -73,7 +73,7 @@ def lda_svd(
     # to eps * s_max, so scikit-learn's relative TOL applies as it is. (Through its Gram,
     # a float32 floor of sqrt(k eps) = 1.5e-3 dropped a direction at 6e-4 that float64
     # keeps: etf fell by sqrt(N), one unit-variance column of the projection.)
-    s2, v2 = linalg.right_singular((weights[:, None] * centred_means) @ w1)
+    s2, v2 = linalg.svd((weights[:, None] * centred_means) @ w1)
     keep2 = (s2 > TOL * jnp.max(s2)) & (jnp.arange(k) < c - 1)
     scalings = w1 @ jnp.where(keep2, v2, 0.0)
 

@@ -95,7 +95,7 @@ class Linalg:
         """Singular values of a matrix, decreasing (a direct SVD: accurate to ``eps * s_max``)."""
         return self._pick(_singular_values)(a)
 
-    def right_singular(self, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def svd(self, a: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Singular values (decreasing, zero-padded to ``p``) and the (p, p) right singular
         vectors (zero columns past ``min(n, p)``) of ``a`` (n, p), by a direct SVD:
         accurate to ``eps * s_max`` for small and large singular values alike."""

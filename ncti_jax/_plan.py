@@ -72,11 +72,14 @@ class Plan:
         argument): ``linalg.host_solve`` says the PCA's eigenproblems are solved
         in float64 on the host (CPU, unless :func:`device_numerics`), and then the
         streamed PCA runs on the host too.
+      call_bytes: the device bytes one fused call is planned to fill on each device
+        (None when streaming): what the benchmarks set beside the measured peak.
     """
 
     strategy: str
     models_per_call: int
     linalg: Linalg
+    call_bytes: int | None = None
 
 
 def fused_bytes(n: int, d: int, k: int, n_classes: int, itemsize: int) -> int:
@@ -164,8 +167,9 @@ def make_plan(
     budget = device_budget(device, memory_limit)
     fused = fused_bytes(n, d_max, k, n_classes, dtype.itemsize)
     fits = budget is None or fused <= budget
-    on_cpu = device.platform == "cpu"
-    linalg = Linalg(looped=on_cpu, host_solve=on_cpu and not _DEVICE_NUMERICS.get())
+    linalg = Linalg.for_platform(
+        device.platform, host_solve=False if _DEVICE_NUMERICS.get() else None
+    )
     if strategy == "auto":
         strategy = "fused" if not linalg.host_solve and fits else "streaming"
     if strategy == "fused" and not fits:
@@ -185,4 +189,5 @@ def make_plan(
         per_device = max(1, min(per_device, budget // fused))
     elif strategy == "streaming":
         per_device = 1  # one model per device per call: each model's PCA is streamed on its own
-    return Plan(strategy, per_device * n_local_devices, linalg)
+    call_bytes = per_device * fused if strategy == "fused" else None
+    return Plan(strategy, per_device * n_local_devices, linalg, call_bytes)
