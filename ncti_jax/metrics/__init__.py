@@ -47,12 +47,16 @@ class Metric:
     Attributes:
       name: the metric's name (``--metrics``, result keys, column names).
       kernel: ``kernel(stats) -> {field: scalar}``, traced per model: ``"value"``
-        (higher predicts better transfer) and any other raw quantities worth keeping.
-      fields: the keys ``kernel`` returns, ``"value"`` first.
+        (higher predicts better transfer; absent when ``combine`` makes it) and any
+        other raw quantities worth keeping.
+      fields: the keys ``kernel`` returns, ``"value"`` first when present.
       reference: ``reference(features, labels, logits=None) -> float``, the float64
         NumPy value of one unpadded model: the oracle of the parity tests.
       needs_logits: the kernel reads the source classifier's logits.
       summary: one line for ``--help`` and the README.
+      combine: for a metric defined over the zoo (e.g. ETran's weighted sum of parts
+        normalised across models): ``combine({field: (M,) float64}) -> (M,)`` values,
+        on the host; None when the kernel's ``"value"`` is the metric.
     """
 
     name: str
@@ -61,6 +65,11 @@ class Metric:
     fields: tuple[str, ...] = ("value",)
     needs_logits: bool = False
     summary: str = ""
+    combine: Callable[[dict[str, Any]], Any] | None = None
+
+    def values(self, fields: dict[str, Any]) -> Any:
+        """(M,) the metric of each model from the kernel's per-model ``fields``."""
+        return fields["value"] if self.combine is None else self.combine(fields)
 
 
 class UnknownMetricError(ValueError):
