@@ -29,10 +29,13 @@ import sys
 # Every public name and the submodule that defines it: the one list of the public API.
 _EXPORTS = {
     "CheckpointError": "._checkpoint",
+    "MetricResult": "._result",
     "NCTIResult": "._result",
     "RowChunks": "._stream",
     "Status": "._result",
+    "ZooMetrics": "._result",
     "normalise_zoo": "._result",
+    "score_metrics": "._score",
     "score_zoo": "._score",
 }
 

@@ -191,3 +191,16 @@ def make_plan(
         per_device = 1  # one model per device per call: each model's PCA is streamed on its own
     call_bytes = per_device * fused if strategy == "fused" else None
     return Plan(strategy, per_device * n_local_devices, linalg, call_bytes)
+
+
+def metrics_bytes(n: int, d: int, s: int, n_classes: int, itemsize: int) -> int:
+    """Peak device bytes of one model in the metrics' kernels (:mod:`ncti_jax._batch`).
+
+    Four (N, D) copies (the input, its centred and class-centred copies, XLA's
+    intermediates), a few D x D scatters and their eigendecomposition (6 D^2),
+    three (N, S) copies of the source logits, and (N, C)-sized per-metric
+    work (NLEEP's responsibilities over 5 C components, probabilities, one-hots):
+    32 N C. An estimate, not a measurement: check it against ``memory_stats()``
+    on a device (the benchmark worker records both).
+    """
+    return itemsize * (4 * n * d + 6 * d * d + 3 * n * s + 32 * n * n_classes)

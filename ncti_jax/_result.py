@@ -272,3 +272,117 @@ def _warn_flags(models, status, rank, cap, n_components, n_samples, constant) ->
         )
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricResult:
+    """One metric's values over a zoo: host (NumPy) arrays of shape (M,), in the order of
+    ``models``.
+
+    Attributes:
+      metric: the metric's name.
+      models: model names.
+      values: the metric, float64; higher predicts better transfer; NaN for a model
+        it is undefined for (unranked, ``Status.NON_FINITE``).
+      fields: the kernel's raw per-model quantities (``{"value": ...}`` and any other).
+      ranking: model indices, best first; unranked models last.
+      status: bit flags, see :class:`Status`.
+    """
+
+    metric: str
+    models: tuple[str, ...]
+    values: np.ndarray
+    fields: dict[str, np.ndarray]
+    ranking: np.ndarray
+    status: np.ndarray
+
+    def best(self) -> str:
+        """The name of the best-ranked model."""
+        return self.models[int(self.ranking[0])]
+
+    def ranked(self) -> np.ndarray:
+        """(M,) bool: the models with a value."""
+        return np.isfinite(self.values)
+
+    def ranks(self) -> np.ndarray:
+        """(M,) 1-based rank of each model (in ``models`` order); 0 for unranked ones."""
+        out = np.zeros(len(self.models), np.int64)
+        out[self.ranking] = np.arange(1, len(self.models) + 1)
+        return np.where(self.ranked(), out, 0)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict of plain Python values per model, best first (strict JSON: no NaN)."""
+        ranked = self.ranked()
+        records = []
+        for rank, i in enumerate(np.asarray(self.ranking).tolist(), start=1):
+            record = {"model": self.models[i], "rank": rank if ranked[i] else None}
+            record[self.metric] = _finite_or_none(self.values[i])
+            record.update(
+                {f: _finite_or_none(v[i]) for f, v in self.fields.items() if f != "value"}
+            )
+            record["status"] = [f.name for f in Status if f and int(self.status[i]) & f]
+            records.append(record)
+        return records
+
+    @classmethod
+    def from_ncti(cls, result: NCTIResult) -> MetricResult:
+        fields = {f: np.asarray(getattr(result, f), np.float64) for f in ("etf", "ncc", "vc")}
+        return cls(
+            "ncti", result.models, result.ncti, fields, result.ranking, result.status
+        )
+
+    @classmethod
+    def from_fields(
+        cls, metric: Any, models: Sequence[str], raw: dict[str, np.ndarray], labels: Labels
+    ) -> MetricResult:
+        """A metric's result from its kernel's per-model ``raw`` fields (float64).
+
+        Models with a non-finite field are unranked; a zoo-level metric
+        (``metric.combine``) is combined over the others.
+        """
+        finite = np.all([np.isfinite(v) for v in raw.values()], axis=0)
+        values = np.full(len(models), np.nan)
+        if finite.any():
+            values[finite] = metric.values({f: v[finite] for f, v in raw.items()})
+        values[~np.isfinite(values)] = np.nan
+        status = np.zeros(len(models), np.int32)
+        if (labels.counts == 1).any():
+            status |= Status.SINGLETON_CLASS
+        status[~np.isfinite(values)] |= Status.NON_FINITE
+        order = np.lexsort((np.arange(len(models)), -np.nan_to_num(values, nan=-np.inf)))
+        unranked = [models[i] for i in range(len(models)) if not np.isfinite(values[i])]
+        if unranked:
+            warnings.warn(
+                f"{metric.name}: {_models(len(unranked))} unranked, the metric is undefined "
+                f"(NaN or infinite) for them: {_listing([repr(m) for m in unranked])}.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return cls(metric.name, tuple(models), values, raw, order.astype(np.int64), status)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooMetrics:
+    """Several metrics of one zoo (:func:`ncti_jax.score_metrics`).
+
+    Attributes:
+      models: model names, in input order (every result's ``models``).
+      metrics: the metrics' names, in result order.
+      results: ``{metric: MetricResult}``; also ``zoo_metrics[metric]``.
+      ncti: NCTI's full result (components, normalisation, flags) when it was scored.
+    """
+
+    models: tuple[str, ...]
+    metrics: tuple[str, ...]
+    results: dict[str, MetricResult]
+    ncti: NCTIResult | None = None
+
+    def __getitem__(self, metric: str) -> MetricResult:
+        try:
+            return self.results[metric]
+        except KeyError:
+            raise KeyError(f"{metric!r} was not scored; scored: {list(self.metrics)}") from None
+
+    def values(self) -> dict[str, np.ndarray]:
+        """``{metric: (M,) values}`` in ``models`` order."""
+        return {m: self.results[m].values for m in self.metrics}

@@ -23,8 +23,9 @@ from . import _shard, _validate
 from ._checkpoint import Checkpoint, content_digest
 from ._kernel import RAW_FIELDS, RawComponents, zoo_components, zoo_projected_components
 from ._pad import ClassLayout, class_layout, stack_zoo
-from ._plan import Plan, make_plan
-from ._result import NCTIResult, finish
+from ._batch import zoo_metrics
+from ._plan import Plan, device_budget, format_bytes, make_plan, metrics_bytes
+from ._result import MetricResult, NCTIResult, ZooMetrics, finish
 from ._stream import device_pca, host_pca
 from .defaults import CHUNK_ROWS, N_COMPONENTS, PRECISIONS, STRATEGIES
 
@@ -107,12 +108,14 @@ def score_zoo(
         memory_limit=_validate.check_memory_limit(memory_limit),
         rows=_validate.check_positive_int(chunk_rows, "chunk_rows"),
     )
+    return _score_ncti(run, checkpoint, progress)
+
+
+def _score_ncti(run: _Run, checkpoint, progress: bool) -> NCTIResult:
+    """NCTI of the prepared zoo: batches of models, checkpointed, gathered, finished."""
     store = None
     if checkpoint is not None:
-        where = os.fspath(checkpoint)
-        if _shard.multi_process():
-            where = os.path.join(where, f"process_{jax.process_index()}")
-        store = Checkpoint(where, _fingerprint(run), fields=RAW_FIELDS)
+        store = Checkpoint(_process_dir(checkpoint), _fingerprint(run), fields=RAW_FIELDS)
     try:
         done = _score_models(run, store, progress)
     finally:
@@ -122,7 +125,15 @@ def score_zoo(
     local["max_components"] = np.array([run.max_components[m] for m in run.features], np.int32)
     models, fields = _shard.gather_models(tuple(run.features), local)
     max_components = dict(zip(models, fields.pop("max_components").tolist(), strict=True))
-    return finish(models, RawComponents(**fields), max_components, n_components, run.labels)
+    return finish(models, RawComponents(**fields), max_components, run.n_components, run.labels)
+
+
+def _process_dir(checkpoint: str | os.PathLike, *sub: str) -> str:
+    """This process's checkpoint directory (each process saves its own models)."""
+    where = os.path.join(os.fspath(checkpoint), *sub)
+    if _shard.multi_process():
+        where = os.path.join(where, f"process_{jax.process_index()}")
+    return where
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,3 +305,182 @@ def _progress(enabled: bool, total: int, initial: int):
     except ImportError:
         return None
     return tqdm(total=total, initial=initial, unit="model", desc="scoring")
+
+
+def score_metrics(
+    features: Mapping[str, Any] | ArrayLike,
+    labels: ArrayLike,
+    *,
+    metrics: str | Sequence[str] = ("ncti",),
+    logits: Mapping[str, Any] | None = None,
+    n_components: int = N_COMPONENTS,
+    precision: str | jax.lax.Precision = PRECISIONS[0],
+    dtype: Any = None,
+    names: Any = None,
+    strategy: str = STRATEGIES[0],
+    devices: Sequence[jax.Device] | None = None,
+    memory_limit: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> ZooMetrics:
+    """Scores a zoo with several transferability metrics from one pass over its features.
+
+    NCTI goes through :func:`score_zoo`'s engine (``n_components``, ``strategy`` and
+    ``chunk_rows`` are its options). Every other metric's kernel
+    (:mod:`ncti_jax.metrics`) runs in the same compiled call per batch of models, on
+    statistics they share (:class:`ncti_jax._stats.ModelStats`), vmapped over the
+    models and split over ``devices`` like NCTI; their calls hold whole models on
+    the device (no row streaming yet).
+
+    Args:
+      features, labels, n_components, precision, dtype, names, strategy, devices,
+        memory_limit, chunk_rows, progress: as for :func:`score_zoo`.
+      metrics: metric names (see :data:`ncti_jax.metrics.NAMES`), a comma-separated
+        string of them, or ``"all"`` (every implemented metric).
+      logits: ``{model: (N, S_m) logits}`` of each model's source classifier on the
+        same samples, for the metrics that need them (LEEP, NCE, ETran); S may
+        differ between models. Probabilities can be passed as their logarithms.
+      checkpoint: a directory to save finished models in; NCTI and the other
+        metrics keep separate checkpoints below it, and a rerun resumes both.
+
+    Returns:
+      A :class:`ZooMetrics`: one :class:`MetricResult` per metric, and NCTI's full
+      :class:`NCTIResult` when NCTI is among them.
+
+    Raises:
+      ValueError, TypeError: on bad input (an unknown metric, a metric that needs
+        logits without them, logits of the wrong shape), before anything is traced.
+      MemoryError: one model does not fit one device for the metrics' kernels.
+
+    Example:
+      >>> import numpy as np, ncti_jax
+      >>> rng = np.random.default_rng(0)
+      >>> y = rng.integers(0, 3, 300)
+      >>> feats = {"a": rng.normal(size=(300, 16)) + y[:, None],
+      ...          "b": rng.normal(size=(300, 8))}
+      >>> result = ncti_jax.score_metrics(feats, y, metrics="ncti,hscore")
+      >>> [result[m].best() for m in result.metrics]
+      ['a', 'a']
+    """
+    from . import metrics as registry
+
+    chosen = registry.parse(metrics)
+    others = tuple(m for m in chosen if m != "ncti")
+    n_components = _validate.check_n_components(n_components)
+    dtype = _validate.resolve_dtype(dtype)
+    run = _prepare(
+        features,
+        labels,
+        n_components=n_components,
+        precision=_validate.resolve_precision(precision),
+        dtype=dtype,
+        names=names,
+        strategy=strategy,
+        devices=_validate.check_devices(devices),
+        memory_limit=_validate.check_memory_limit(memory_limit),
+        rows=_validate.check_positive_int(chunk_rows, "chunk_rows"),
+    )
+    needs = [m for m in others if registry.get(m).needs_logits]
+    source = _validate.check_logits(logits, tuple(run.features), run.n, needs)
+    results: dict[str, MetricResult] = {}
+    ncti = None
+    if "ncti" in chosen:
+        where = None if checkpoint is None else os.path.join(os.fspath(checkpoint), "ncti")
+        ncti = _score_ncti(run, where, progress)
+        results["ncti"] = MetricResult.from_ncti(ncti)
+    if others:
+        results.update(_score_others(run, others, source, checkpoint, memory_limit, progress))
+    models = next(iter(results.values())).models
+    return ZooMetrics(models=models, metrics=tuple(results), results=results, ncti=ncti)
+
+
+def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dict:
+    """Every metric but NCTI: one compiled call per batch of models for all of them."""
+    from . import metrics as registry
+
+    fields = [(m, f) for m in names for f in registry.get(m).fields]
+    keys = [f"{m}__{f}" for m, f in fields]
+    s_max = None
+    if logits is not None:
+        s_max = _shard.agree_max(max(int(a.shape[1]) for a in logits.values()))
+    per_device = metrics_models_per_device(
+        run, s_max, memory_limit, widest=max(run.dims, key=run.dims.get)
+    )
+    per_call = per_device * len(run.local_devices)
+    store = None
+    if checkpoint is not None:
+        fingerprint = {**_fingerprint(run), "metrics": list(names), "logits": _logit_digests(logits)}
+        store = Checkpoint(_process_dir(checkpoint, "metrics"), fingerprint, fields=tuple(keys))
+    try:
+        done = store.restore() if store is not None else {}
+        todo = [m for m in run.features if m not in done]
+        n_calls = _shard.agree_max(-(-len(todo) // per_call))
+        bar = _progress(progress, len(run.features), initial=len(run.features) - len(todo))
+        for call in range(n_calls):
+            batch = todo[call * per_call : (call + 1) * per_call]
+            out = _shard.local_rows(_metrics_batch(run, names, batch, per_call, logits, s_max))
+            for j, model in enumerate(batch):
+                done[model] = {k: out[m][f][j] for k, (m, f) in zip(keys, fields, strict=True)}
+            if store is not None and batch:
+                store.save(done)
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+    finally:
+        if store is not None:
+            store.close()
+    local = {k: np.stack([np.asarray(done[m][k]) for m in run.features]) for k in keys}
+    models, gathered = _shard.gather_models(tuple(run.features), local)
+    out = {}
+    for name in names:
+        metric = registry.get(name)
+        raw = {f: gathered[f"{name}__{f}"].astype(np.float64) for f in metric.fields}
+        out[name] = MetricResult.from_fields(metric, models, raw, run.labels)
+    return out
+
+
+def metrics_models_per_device(run: _Run, s_max: int | None, memory_limit, *, widest: str) -> int:
+    """Models per device per call for the metrics' kernels, from their memory estimate."""
+    itemsize = np.dtype(run.dtype).itemsize
+    per_model = metrics_bytes(run.n, run.d_max, s_max or 0, run.labels.n_classes, itemsize)
+    budget = device_budget(run.local_devices[0], memory_limit)
+    want = -(-max(len(run.features), 1) // len(run.local_devices))
+    if budget is None:
+        return want
+    if per_model > budget:
+        raise MemoryError(
+            f"model {widest!r} (N = {run.n}, D = {run.d_max}) needs about "
+            f"{format_bytes(per_model)} on one device for the metrics' kernels, more than "
+            f"the {format_bytes(budget)} available; score fewer samples (or NCTI alone, "
+            "which streams them)."
+        )
+    return max(1, min(want, budget // per_model))
+
+
+def _metrics_batch(run, names, batch, per_call, logits, s_max):
+    """One compiled call of every metric in ``names`` on ``batch``, padded with dummies."""
+    pad = per_call - len(batch)
+    arrays = [run.features[m] for m in batch]
+    x = stack_zoo(arrays, run.dtype, d_max=run.d_max, n_models=per_call, n=run.n)
+    cols = np.array([run.dims[m] for m in batch] + [1] * pad, np.int32)
+    lg = n_lg = None
+    if logits is not None:
+        lg = stack_zoo([logits[m] for m in batch], run.dtype, d_max=s_max, n_models=per_call, n=run.n)
+        n_lg = np.array([logits[m].shape[1] for m in batch] + [1] * pad, np.int32)
+    put = [None if a is None else _shard.put_models(a, run.mesh) for a in (x, cols, lg, n_lg)]
+    return zoo_metrics(
+        *put,
+        run.layout,
+        names=names,
+        precision=run.precision,
+        linalg=run.plan.linalg,
+        mesh=run.mesh,
+    )
+
+
+def _logit_digests(logits) -> dict[str, str] | None:
+    if logits is None:
+        return None
+    return {m: content_digest(a) for m, a in logits.items()}

@@ -312,3 +312,46 @@ def warn_singleton_classes(labels: Labels, *, stacklevel: int = 3) -> None:
             UserWarning,
             stacklevel=stacklevel,
         )
+
+
+def check_logits(
+    logits: Any, models: tuple[str, ...], n_samples: int, needed_by: list[str]
+) -> dict[str, Any] | None:
+    """Checks the source classifiers' logits: ``{model: (N, S_m)}`` for every model.
+
+    Returns None when no metric needs them (they are then ignored).
+
+    Raises:
+      ValueError: logits missing for a metric that needs them (naming every model
+        without them), of the wrong shape, or with NaN or infinite values.
+    """
+    if not needed_by:
+        return None
+    if logits is None:
+        raise ValueError(
+            f"metric(s) {', '.join(needed_by)} need the source classifier's logits: pass "
+            "logits={model: (N, S) array} (ncti extract --with-logits stores them)."
+        )
+    if not isinstance(logits, Mapping):
+        raise TypeError(f"logits must be a mapping {{model: (N, S) array}}; got {type(logits)}.")
+    missing = [m for m in models if m not in logits]
+    if missing:
+        raise ValueError(
+            f"logits: none for model(s) {missing} (needed by {', '.join(needed_by)})."
+        )
+    out = {}
+    for m in models:
+        a = logits[m]
+        if isinstance(a, jax.Array):
+            a = np.asarray(jax.device_get(a))
+        a = np.asarray(a)
+        if a.ndim != 2 or a.shape[0] != n_samples or a.shape[1] < 1:
+            raise ValueError(
+                f"logits of model {m!r} have shape {a.shape}; expected ({n_samples}, S)."
+            )
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"logits of model {m!r} have dtype {a.dtype}; expected floats.")
+        if count_nonfinite(a):
+            raise ValueError(f"logits of model {m!r} contain NaN or infinite values.")
+        out[m] = a
+    return out
