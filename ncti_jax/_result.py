@@ -327,9 +327,7 @@ class MetricResult:
     @classmethod
     def from_ncti(cls, result: NCTIResult) -> MetricResult:
         fields = {f: np.asarray(getattr(result, f), np.float64) for f in ("etf", "ncc", "vc")}
-        return cls(
-            "ncti", result.models, result.ncti, fields, result.ranking, result.status
-        )
+        return cls("ncti", result.models, result.ncti, fields, result.ranking, result.status)
 
     @classmethod
     def from_fields(

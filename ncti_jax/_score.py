@@ -410,7 +410,11 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
     per_call = per_device * len(run.local_devices)
     store = None
     if checkpoint is not None:
-        fingerprint = {**_fingerprint(run), "metrics": list(names), "logits": _logit_digests(logits)}
+        fingerprint = {
+            **_fingerprint(run),
+            "metrics": list(names),
+            "logits": _logit_digests(logits),
+        }
         store = Checkpoint(_process_dir(checkpoint, "metrics"), fingerprint, fields=tuple(keys))
     try:
         done = store.restore() if store is not None else {}
@@ -467,7 +471,9 @@ def _metrics_batch(run, names, batch, per_call, logits, s_max):
     cols = np.array([run.dims[m] for m in batch] + [1] * pad, np.int32)
     lg = n_lg = None
     if logits is not None:
-        lg = stack_zoo([logits[m] for m in batch], run.dtype, d_max=s_max, n_models=per_call, n=run.n)
+        lg = stack_zoo(
+            [logits[m] for m in batch], run.dtype, d_max=s_max, n_models=per_call, n=run.n
+        )
         n_lg = np.array([logits[m].shape[1] for m in batch] + [1] * pad, np.int32)
     put = [None if a is None else _shard.put_models(a, run.mesh) for a in (x, cols, lg, n_lg)]
     return zoo_metrics(

@@ -336,9 +336,7 @@ def check_logits(
         raise TypeError(f"logits must be a mapping {{model: (N, S) array}}; got {type(logits)}.")
     missing = [m for m in models if m not in logits]
     if missing:
-        raise ValueError(
-            f"logits: none for model(s) {missing} (needed by {', '.join(needed_by)})."
-        )
+        raise ValueError(f"logits: none for model(s) {missing} (needed by {', '.join(needed_by)}).")
     out = {}
     for m in models:
         a = logits[m]
