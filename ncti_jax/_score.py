@@ -20,10 +20,10 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from . import _shard, _validate
+from ._batch import zoo_metrics
 from ._checkpoint import Checkpoint, content_digest
 from ._kernel import RAW_FIELDS, RawComponents, zoo_components, zoo_projected_components
 from ._pad import ClassLayout, class_layout, stack_zoo
-from ._batch import zoo_metrics
 from ._plan import Plan, device_budget, format_bytes, make_plan, metrics_bytes
 from ._result import MetricResult, NCTIResult, ZooMetrics, finish
 from ._stream import device_pca, host_pca

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from metric_parity import reference_values, rel_err
-from zoos import labels, model_features
 
 import ncti_jax
 import ncti_jax._validate
 from ncti_jax import metrics
+
+from zoos import labels, model_features
 
 # Every implemented metric but NCTI (which has its own tests).
 OTHERS = tuple(m for m in metrics.available() if m != "ncti")
@@ -112,7 +113,7 @@ def test_undefined_value_is_unranked_and_flagged(rng):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    ("kwargs", "match"),
     [
         ({"metrics": "ncti,logmee"}, r"'logmee'; choose from ncti, "),
         ({"metrics": ""}, "none given"),
