@@ -234,7 +234,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _rank(args: argparse.Namespace) -> int:
-    from ncti_jax import score_zoo
+    from ncti_jax import score_metrics
 
     prepare_scoring(args)
     try:
@@ -257,7 +257,7 @@ def _rank(args: argparse.Namespace) -> int:
     _say(f"scoring {plural(len(features), 'model')} on {len(labels)} samples ...")
     start = time.perf_counter()
     with ExitOnInterrupt(resume):
-        result = score_zoo(features, labels, **scoring_kwargs(args))
+        result = score_metrics(features, labels, **scoring_kwargs(args))
     seconds = time.perf_counter() - start
     import numpy as np
 

@@ -341,8 +341,9 @@ def score_metrics(
       logits: ``{model: (N, S_m) logits}`` of each model's source classifier on the
         same samples, for the metrics that need them (LEEP, NCE, ETran); S may
         differ between models. Probabilities can be passed as their logarithms.
-      checkpoint: a directory to save finished models in; NCTI and the other
-        metrics keep separate checkpoints below it, and a rerun resumes both.
+      checkpoint: a directory to save finished models in (NCTI's steps, as
+        :func:`score_zoo` saves them, and the other metrics' in its ``metrics``
+        subdirectory); a rerun resumes both.
 
     Returns:
       A :class:`ZooMetrics`: one :class:`MetricResult` per metric, and NCTI's full
@@ -386,8 +387,7 @@ def score_metrics(
     results: dict[str, MetricResult] = {}
     ncti = None
     if "ncti" in chosen:
-        where = None if checkpoint is None else os.path.join(os.fspath(checkpoint), "ncti")
-        ncti = _score_ncti(run, where, progress)
+        ncti = _score_ncti(run, checkpoint, progress)
         results["ncti"] = MetricResult.from_ncti(ncti)
     if others:
         results.update(_score_others(run, others, source, checkpoint, memory_limit, progress))

@@ -118,6 +118,13 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)"
     )
     evaluate.add_argument(
+        "--published",
+        action="store_true",
+        help="print the published weighted tau of LEEP, LogME, NLEEP, PARC and SFDA on the "
+        "same group1 dataset (the SFDA README's table) beside the results' (needs --truth "
+        "group1:DATASET)",
+    )
+    evaluate.add_argument(
         "--out",
         metavar="DIR",
         help="also write the metrics as evaluate.json and evaluate.csv into DIR",
@@ -127,7 +134,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     plot = sub.add_parser(
         "plot",
         help="plot a ranking (needs matplotlib)",
-        description="Write ranking.png and, with --truth, ncti_vs_truth.png.",
+        description="Write ranking.png and, with --truth, ncti_vs_truth.png (one panel per "
+        "metric, metrics_vs_truth.png, for results with several metrics).",
     )
     plot.add_argument("results", help="scores.json or its directory (as for evaluate)")
     plot.add_argument("--truth", help=truth_help)
@@ -162,6 +170,13 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     """The scoring options of ``ncti score`` and ``ncti rank``: where the results go and
     :func:`ncti_jax.score_zoo`'s settings, with its defaults (:mod:`ncti_jax.defaults`)."""
     group = parser.add_argument_group("scoring options")
+    group.add_argument(
+        "--metrics",
+        default="ncti",
+        metavar="LIST",
+        help="comma-separated transferability metrics to score, or 'all' (default: "
+        "%(default)s); choices: " + ", ".join(_metric_names()),
+    )
     group.add_argument(
         "--out",
         default="ncti-results",
@@ -219,6 +234,12 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="no table and no progress bar")
 
 
+def _metric_names() -> list[str]:
+    from .metrics import NAMES  # no JAX import
+
+    return list(NAMES)
+
+
 def add_compile_cache_option(parser) -> None:
     """``--compile-cache``, for the commands that compile kernels (score, rank, demo)."""
     parser.add_argument(
@@ -231,8 +252,9 @@ def add_compile_cache_option(parser) -> None:
 
 
 def scoring_kwargs(args: argparse.Namespace) -> dict:
-    """:func:`ncti_jax.score_zoo`'s keyword arguments from the scoring options."""
+    """:func:`ncti_jax.score_metrics`'s keyword arguments from the scoring options."""
     return {
+        "metrics": args.metrics,
         "n_components": args.n_components,
         "precision": args.precision,
         "dtype": args.dtype,
@@ -257,23 +279,34 @@ def prepare_scoring(args: argparse.Namespace) -> None:
 
 def write_scores(args: argparse.Namespace, result, settings: dict, timing: str) -> None:
     """Writes scores.json and scores.csv into ``--out``, prints the table (unless
-    ``--quiet``) and one line: ``timing``, then what was written."""
-    from . import io as ncti_io
+    ``--quiet``) and one line: ``timing``, then what was written.
 
-    records = result.to_records()
+    ``result``: a :class:`ncti_jax.ZooMetrics`, or an :class:`ncti_jax.NCTIResult`."""
+    from . import io as ncti_io
+    from ._result import NCTIResult
+
+    if isinstance(result, NCTIResult):
+        blocks = {"ncti": result.to_records()}
+    else:
+        blocks = {
+            m: (result.ncti.to_records() if m == "ncti" else result[m].to_records())
+            for m in result.metrics
+        }
     settings = {
         "n_components": args.n_components,
         "precision": args.precision,
         "dtype": args.dtype,
         "strategy": args.strategy,
         **settings,
-        "n_models": len(records),
+        "n_models": len(next(iter(blocks.values()))),
     }
-    json_path, csv_path = ncti_io.write_results(
-        args.out, ncti_io.results_document(records, settings)
-    )
+    document = ncti_io.results_document(blocks, settings)
+    json_path, csv_path = ncti_io.write_results(args.out, document)
     if not args.quiet:
-        print(ncti_io.format_table(records))
+        if list(blocks) == ["ncti"]:
+            print(ncti_io.format_table(blocks["ncti"]))
+        else:
+            print(ncti_io.format_metrics_table(document))
     print(f"{timing}; wrote {json_path} and {csv_path}", file=sys.stderr)
 
 
@@ -388,10 +421,15 @@ def _score(args: argparse.Namespace) -> int:
 
 def _score_run(args: argparse.Namespace) -> int:
     from . import io as ncti_io
-    from ._score import score_zoo
+    from . import metrics
+    from ._score import score_metrics
 
+    chosen = metrics.parse(args.metrics)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     feats, labels = ncti_io.load_feature_store(args.path, dataset=args.dataset, models=models)
+    logits = None
+    if any(m != "ncti" and metrics.get(m).needs_logits for m in chosen):
+        logits = ncti_io.load_logits(args.path, list(feats))
     prepare_scoring(args)
     n = labels.shape[0]
     print(
@@ -399,7 +437,7 @@ def _score_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     start = time.perf_counter()
-    result = score_zoo(feats, labels, **scoring_kwargs(args))
+    result = score_metrics(feats, labels, logits=logits, **scoring_kwargs(args))
     elapsed = time.perf_counter() - start
     settings = {
         "dataset": args.dataset,
@@ -525,18 +563,34 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{root}: no <dataset>/scores.json results found.")
         rows, details = [], []
         for run in runs:
-            scores = ncti_io.read_scores(run)
-            spec = f"{args.truth}:{run.name}"
-            names, truth, left_out = align(run / "scores.json", scores, spec)
-            x = np.array([scores[m] for m in names])
-            metrics = {k: float(f(x, np.array(truth))) for k, f in ranking.METRICS.items()}
-            rows.append((run.name, metrics))
-            details.append((run.name, spec, names, left_out))
+            held = ncti_io.scored_metrics(run)
+            for metric in held:
+                scores = ncti_io.read_scores(run, metric)
+                spec = f"{args.truth}:{run.name}"
+                names, truth, left_out = align(run / "scores.json", scores, spec)
+                x = np.array([scores[m] for m in names])
+                metrics = {k: float(f(x, np.array(truth))) for k, f in ranking.METRICS.items()}
+                label = run.name if held == ["ncti"] else f"{run.name}:{metric}"
+                rows.append((label, metrics))
+                details.append((label, spec, names, left_out))
         keys = list(ranking.METRICS)
-        mean = {k: float(np.nanmean([r[k] for _, r in rows])) for k in keys}
-        width = max(7, *(len(n) for n, _ in rows))
+        scored = sorted({n.partition(":")[2] for n, _ in rows} - {""})
+        means = [("mean", {k: float(np.nanmean([r[k] for _, r in rows])) for k in keys})]
+        if scored:  # several metrics: one mean per metric
+            means = [
+                (
+                    f"mean:{m}",
+                    {
+                        k: float(np.nanmean([r[k] for n, r in rows if n.endswith(":" + m)]))
+                        for k in keys
+                    },
+                )
+                for m in scored
+            ]
+        mean = means[0][1] if len(means) == 1 else {n: v for n, v in means}
+        width = max(7, *(len(n) for n, _ in rows + means))
         print("dataset".ljust(width) + "".join(f"{k:>14}" for k in keys))
-        for name, r in [*rows, ("mean", mean)]:
+        for name, r in [*rows, *means]:
             print(name.ljust(width) + "".join(f"{r[k]:14.3f}" for k in keys))
         if args.out:
             write(
@@ -556,18 +610,24 @@ def _evaluate(args: argparse.Namespace) -> int:
                             details, rows, strict=True
                         )
                     ],
-                    "mean": {k: number(v) for k, v in mean.items()},
+                    "mean": {n: {k: number(v) for k, v in r.items()} for n, r in means}
+                    if scored
+                    else {k: number(v) for k, v in mean.items()},
                 },
                 ["dataset", "truth", "n_models", *keys],
                 [
                     {"dataset": name, "truth": spec, "n_models": len(names), **metrics}
                     for (name, spec, names, _), (_, metrics) in zip(details, rows, strict=True)
                 ]
-                + [{"dataset": "mean", "truth": args.truth, "n_models": "", **mean}],
+                + [{"dataset": n, "truth": args.truth, "n_models": "", **r} for n, r in means],
             )
         return 0
 
-    scores = ncti_io.read_scores(args.results)
+    published = _published_wtau(args.truth) if args.published else None
+    held = ncti_io.scored_metrics(args.results)
+    if len(held) > 1:
+        return _evaluate_metrics(args, held, align, min_interval, number, write, published)
+    scores = ncti_io.read_scores(args.results, held[0])
     names, truth, left_out = align(args.results, scores, args.truth)
     if len(names) < min_interval:
         warnings.warn(
@@ -580,7 +640,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = ranking.evaluate(
         [scores[m] for m in names], truth, n_resamples=args.bootstrap, seed=args.seed
     )
-    print(f"{len(names)} models, truth {args.truth}")
+    print(f"{len(names)} models, truth {args.truth}, metric {held[0]}")
     for key, value in result.items():
         if not key.startswith("weighted_tau_ci"):
             extra = ""
@@ -591,22 +651,27 @@ def _evaluate(args: argparse.Namespace) -> int:
                     f"{result['weighted_tau_ci_high']:.3f})"
                 )
             print(f"{key:>14}  {value:7.3f}{extra}")
+    if published is not None:
+        print(_format_published(published, args.truth))
     if args.out:
         write(
             {
                 "results": str(args.results),
                 "truth": args.truth,
+                "metric": held[0],
                 "n_models": len(names),
                 "models": names,
                 "left_out": left_out,
                 "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed, "confidence": 0.95},
                 "metrics": {k: number(v) for k, v in result.items()},
+                **({"published": published} if published is not None else {}),
             },
-            ["results", "truth", "n_models", *result, "n_resamples", "seed"],
+            ["results", "truth", "metric", "n_models", *result, "n_resamples", "seed"],
             [
                 {
                     "results": str(args.results),
                     "truth": args.truth,
+                    "metric": held[0],
                     "n_models": len(names),
                     **result,
                     "n_resamples": args.bootstrap,
@@ -615,6 +680,110 @@ def _evaluate(args: argparse.Namespace) -> int:
             ],
         )
     return 0
+
+
+def _evaluate_metrics(args, held, align, min_interval, number, write, published) -> int:
+    """``ncti evaluate`` of a results file with several metrics: one row per metric."""
+    from . import io as ncti_io
+    from . import ranking
+
+    rows = []
+    for metric in held:
+        scores = ncti_io.read_scores(args.results, metric)
+        names, truth, left_out = align(args.results, scores, args.truth)
+        result = ranking.evaluate(
+            [scores[m] for m in names], truth, n_resamples=args.bootstrap, seed=args.seed
+        )
+        rows.append((metric, names, left_out, result))
+    smallest = min(len(names) for _, names, _, _ in rows)
+    if smallest < min_interval:
+        warnings.warn(
+            f"only {smallest} models: the 95% bootstrap intervals of weighted_tau mean little "
+            f"below {min_interval} models.",
+            UserWarning,
+            stacklevel=2,
+        )
+    keys = [k for k in rows[0][3] if not k.startswith("weighted_tau_ci")]
+    head = ["metric", "models", *keys, "wtau 95% interval"]
+    if published is not None:
+        head.append("published wtau")
+    table = []
+    for metric, names, _, result in rows:
+        cells = [metric, str(len(names)), *(f"{result[k]:.3f}" for k in keys)]
+        cells.append(f"{result['weighted_tau_ci_low']:.3f} .. {result['weighted_tau_ci_high']:.3f}")
+        if published is not None:
+            value = published.get(metric)
+            cells.append("-" if value is None else f"{value:.3f}")
+        table.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(head)]
+    print(f"truth {args.truth}, {args.bootstrap} bootstrap resamples")
+    for cells in [head, *table]:
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
+    if published is not None:
+        print(_format_published(published, args.truth))
+    if args.out:
+        write(
+            {
+                "results": str(args.results),
+                "truth": args.truth,
+                "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed, "confidence": 0.95},
+                "by_metric": {
+                    metric: {
+                        "n_models": len(names),
+                        "models": names,
+                        "left_out": left_out,
+                        "metrics": {k: number(v) for k, v in result.items()},
+                    }
+                    for metric, names, left_out, result in rows
+                },
+                **({"published": published} if published is not None else {}),
+            },
+            ["results", "truth", "metric", "n_models", *rows[0][3], "n_resamples", "seed"],
+            [
+                {
+                    "results": str(args.results),
+                    "truth": args.truth,
+                    "metric": metric,
+                    "n_models": len(names),
+                    **result,
+                    "n_resamples": args.bootstrap,
+                    "seed": args.seed,
+                }
+                for metric, names, _, result in rows
+            ],
+        )
+    return 0
+
+
+def _published_wtau(spec: str) -> dict[str, float]:
+    """The published weighted tau of every metric on ``group1:DATASET`` (``--published``)."""
+    from pathlib import Path
+
+    from . import ranking
+
+    group, _, dataset = spec.partition(":")
+    if Path(spec).exists() or group != "group1" or not dataset:
+        raise ValueError(
+            f"--published needs --truth group1:DATASET (the published table is of the group1 "
+            f"zoo); got {spec!r}."
+        )
+    table = ranking.published_wtau()
+    if dataset not in next(iter(table.values())):
+        raise ValueError(
+            f"--published: no published weighted tau for {dataset!r}; known: "
+            f"{sorted(next(iter(table.values())))}."
+        )
+    return {metric: by_dataset[dataset] for metric, by_dataset in table.items()}
+
+
+def _format_published(published: dict[str, float], spec: str) -> str:
+    cells = ", ".join(f"{m} {v:.3f}" for m, v in published.items())
+    return f"published weighted tau on {spec} (SFDA README, group1 zoo): {cells}"
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -627,28 +796,35 @@ def _plot(args: argparse.Namespace) -> int:
 
     source = Path(args.results)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent)
-    try:
-        records = ncti_io.read_results(source)["models"]
-    except ValueError:  # a plain {model: score} file: NCTI only
-        scores = ncti_io.read_scores(source)
-        records = [
-            {"model": m, "ncti": s} for m, s in sorted(scores.items(), key=lambda kv: -kv[1])
-        ]
-    written = [plots.plot_ranking(records, out / "ranking.png")]
+    held = ncti_io.scored_metrics(source)
+    blocks = {}
+    for metric in held:
+        try:
+            blocks[metric] = ncti_io.metric_records(ncti_io.read_results(source), metric)
+        except ValueError:  # a plain {model: score} file or a CSV
+            scores = ncti_io.read_scores(source, metric)
+            blocks[metric] = [
+                {"model": m, metric: s} for m, s in sorted(scores.items(), key=lambda kv: -kv[1])
+            ]
+    if held == ["ncti"]:
+        written = [plots.plot_ranking(blocks["ncti"], out / "ranking.png")]
+    else:
+        written = [plots.plot_metric_rankings(blocks, out / "ranking.png")]
     if args.truth:
-        scores = {r["model"]: r["ncti"] for r in records if r["ncti"] is not None}
-        names, truth, _ = _align_truth(source, scores, args.truth)
-        x, y = np.array([scores[m] for m in names]), np.array(truth)
-        written.append(
-            plots.plot_vs_truth(
-                names,
-                x,
-                y,
-                float(ranking.weighted_tau(x, y)),
-                out / "ncti_vs_truth.png",
-                title=args.truth,
+        panels = {}
+        for metric, records in blocks.items():
+            scores = {r["model"]: r[metric] for r in records if r[metric] is not None}
+            names, truth, _ = _align_truth(source, scores, args.truth)
+            x, y = np.array([scores[m] for m in names]), np.array(truth)
+            panels[metric] = (names, x, y, float(ranking.weighted_tau(x, y)))
+        if held == ["ncti"]:
+            written.append(
+                plots.plot_vs_truth(*panels["ncti"], out / "ncti_vs_truth.png", title=args.truth)
             )
-        )
+        else:
+            written.append(
+                plots.plot_metrics_vs_truth(panels, out / "metrics_vs_truth.png", title=args.truth)
+            )
     for path in written:
         print(f"wrote {path}")
     return 0

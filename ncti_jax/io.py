@@ -10,22 +10,33 @@ Feature stores (read with ``allow_pickle=False``, ``.npy`` files memory-mapped):
 Results: :func:`write_results` writes ``scores.json`` and ``scores.csv``
 atomically (a temporary file in the same directory, then a rename), so a crash
 never leaves a half-written file and an earlier result is replaced only by a
-complete one. The JSON schema (``"schema": "ncti-jax/scores/v2"``) is::
+complete one. The JSON schema (``"schema": "ncti-jax/scores/v3"``) has one block
+of records per metric scored::
 
     {
-      "schema": "ncti-jax/scores/v2",
+      "schema": "ncti-jax/scores/v3",
       "created": ISO 8601 time (UTC),
-      "settings": {"n_components", "precision", "dtype", "strategy", "dataset",
-                   "source", "n_samples", "n_classes", "n_models"},
+      "settings": {"metrics", "n_components", "precision", "dtype", "strategy",
+                   "dataset", "source", "n_samples", "n_classes", "n_models"},
       "versions": {"ncti_jax", "jax", "jaxlib", "numpy", "scipy", "python", "backend"},
-      "models": [ one record per model, best first:
-        {"model", "rank", "ncti", "etf", "ncc", "vc", "etf_norm", "ncc_norm",
-         "vc_norm", "solver", "shrinkage", "pca_rank", "status"} ]
+      "metrics": ["ncti", "logme", ...],
+      "results": {
+        "ncti": [ one record per model, best first:
+          {"model", "rank", "ncti", "etf", "ncc", "vc", "etf_norm", "ncc_norm",
+           "vc_norm", "solver", "shrinkage", "pca_rank", "status"} ],
+        "<metric>": [ {"model", "rank", "<metric>" (the value), its raw fields,
+                       "status"}, best first ]
+      }
     }
 
-(v1, read too, named ``pca_rank`` ``n_components``.)
+``rank`` and values are ``null`` for a model the metric could not rank. (v1 and v2,
+read too, hold NCTI alone: its records under ``"models"``; v1 named ``pca_rank``
+``n_components``.)
 
-The CSV has one row per model with the record's fields (status joined by ``|``).
+The CSV has one row per model, in the first metric's order: ``model``, then per
+metric its value and ``<metric>_rank``, NCTI's components and settings when NCTI
+was scored, the other metrics' raw fields as ``<metric>_<field>``, and ``status``
+(``metric:FLAG`` entries joined by ``|``).
 """
 
 from __future__ import annotations
@@ -48,15 +59,13 @@ from typing import IO, Any
 
 import numpy as np
 
-SCHEMA = "ncti-jax/scores/v2"
-# Schemas read_results and read_scores accept: this one and the ones before it.
-READABLE_SCHEMAS = (SCHEMA, "ncti-jax/scores/v1")
+SCHEMA = "ncti-jax/scores/v3"
+# Schemas read_results and read_scores accept: this one and the ones before it (NCTI only).
+READABLE_SCHEMAS = (SCHEMA, "ncti-jax/scores/v2", "ncti-jax/scores/v1")
 LABELS_FILE = "labels.npy"
 _AUTHORS = re.compile(r"^(?P<model>.+)_(?P<dataset>[^_]+)_(?P<kind>feature|label)\.npy$")
-RECORD_FIELDS = (
-    "model",
-    "rank",
-    "ncti",
+# NCTI's record fields beyond model, rank, value and status (the CSV's NCTI columns).
+NCTI_FIELDS = (
     "etf",
     "ncc",
     "vc",
@@ -66,7 +75,6 @@ RECORD_FIELDS = (
     "solver",
     "shrinkage",
     "pca_rank",
-    "status",
 )
 
 
@@ -231,15 +239,40 @@ def versions() -> dict[str, str]:
     }
 
 
-def results_document(records: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
-    """The JSON document of :data:`SCHEMA` for ``records`` (best first)."""
+def results_document(
+    results: dict[str, list[dict[str, Any]]], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON document of :data:`SCHEMA`: ``results`` is ``{metric: records, best
+    first}`` (:meth:`ncti_jax.MetricResult.to_records`; NCTI's from
+    :meth:`ncti_jax.NCTIResult.to_records`)."""
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "settings": settings,
+        "settings": {"metrics": list(results), **settings},
         "versions": versions(),
-        "models": records,
+        "metrics": list(results),
+        "results": results,
     }
+
+
+def document_metrics(doc: dict[str, Any]) -> list[str]:
+    """The metrics a results document holds (``["ncti"]`` for v1 and v2)."""
+    return list(doc["metrics"]) if doc.get("schema") == SCHEMA else ["ncti"]
+
+
+def metric_records(doc: dict[str, Any], metric: str = "ncti") -> list[dict[str, Any]]:
+    """One metric's records (best first) from a results document of any readable schema.
+
+    Raises:
+      ValueError: the document holds no results for ``metric`` (naming those it holds).
+    """
+    held = document_metrics(doc)
+    if metric not in held:
+        raise ValueError(f"no {metric!r} results in this file; it holds {held}.")
+    records = doc["results"].get(metric) if doc.get("schema") == SCHEMA else doc.get("models")
+    if not isinstance(records, list):
+        raise ValueError(f"the {metric!r} results must be a list of score records.")
+    return records
 
 
 @contextlib.contextmanager
@@ -296,12 +329,38 @@ def _csv_uncell(value: str) -> str:
     return value
 
 
-def records_csv(records: list[dict[str, Any]]) -> str:
+def results_csv(doc: dict[str, Any]) -> str:
+    """The CSV table of a results document (see the module notes)."""
+    metrics = document_metrics(doc)
+    blocks = {m: {r["model"]: r for r in metric_records(doc, m)} for m in metrics}
+    extra = {
+        m: [k for k in next(iter(b.values()), {}) if k not in ("model", "rank", m, "status")]
+        for m, b in blocks.items()
+        if m != "ncti"
+    }
+    header = ["model"]
+    for m in metrics:
+        header += [m, f"{m}_rank"]
+    if "ncti" in blocks:
+        header += list(NCTI_FIELDS)
+    for m, fields in extra.items():
+        header += [f"{m}_{f}" for f in fields]
+    header.append("status")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
     writer.writeheader()
-    for r in records:
-        row = {**{k: r[k] for k in RECORD_FIELDS}, "status": "|".join(r["status"])}
+    for model in blocks[metrics[0]] if metrics else ():
+        row: dict[str, Any] = {"model": model}
+        status = []
+        for m in metrics:
+            r = blocks[m][model]
+            row[m], row[f"{m}_rank"] = r[m], r["rank"]
+            if m == "ncti":
+                row.update({f: r[f] for f in NCTI_FIELDS})
+            else:
+                row.update({f"{m}_{f}": r[f] for f in extra[m]})
+            status += [f"{m}:{flag}" for flag in r["status"]]
+        row["status"] = "|".join(status)
         writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
@@ -315,7 +374,7 @@ def write_results(out_dir: str | os.PathLike, document: dict[str, Any]) -> tuple
     """
     out = Path(out_dir)
     json_path, csv_path = out / "scores.json", out / "scores.csv"
-    table = records_csv(document["models"])
+    table = results_csv(document)
     atomic_write_text(csv_path, table)
     document = {**document, "csv_sha256": hashlib.sha256(table.encode()).hexdigest()}
     atomic_write_text(json_path, json.dumps(document, indent=1, allow_nan=False) + "\n")
@@ -389,6 +448,30 @@ def format_table(records: list[dict[str, Any]]) -> str:
     def line(cells):
         return "  ".join(
             c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_metrics_table(doc: dict[str, Any]) -> str:
+    """Several metrics side by side: one row per model (in the first metric's order),
+    each metric's value and, in brackets, its rank ("-" where unranked)."""
+    metrics = document_metrics(doc)
+    blocks = {m: {r["model"]: r for r in metric_records(doc, m)} for m in metrics}
+    head = ["model", *metrics]
+    rows = []
+    for model in blocks[metrics[0]]:
+        cells = [model]
+        for m in metrics:
+            r = blocks[m][model]
+            cells.append("-" if r[m] is None else f"{r[m]:.5g} ({r['rank']})")
+        rows.append(cells)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+
+    def line(cells):
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
@@ -493,16 +576,17 @@ def _check_unique(path: Path, model: str, seen: dict[str, str], where: str) -> N
     seen[model] = where
 
 
-def read_scores(path: str | os.PathLike) -> dict[str, float]:
-    """``{model: NCTI score}`` from a results file, in the file's order.
+def read_scores(path: str | os.PathLike, metric: str = "ncti") -> dict[str, float]:
+    """``{model: score}`` of one metric (NCTI by default) from a results file, in the
+    file's order.
 
     Accepts an ncti-jax ``scores.json`` (or its directory), a JSON mapping
-    ``{model: score}`` or one with such a mapping under ``"ncti"`` (e.g. published
-    scores), or a CSV with ``model`` and ``ncti`` columns (any case).
+    ``{model: score}`` or one with such a mapping under the metric's name (e.g. published
+    scores under ``"ncti"``), or a CSV with ``model`` and metric columns (any case).
 
     A model without a score (``null``, or an empty CSV cell: the engine could not rank it)
     is left out with a warning. A model listed twice, or a record without a finite numeric
-    ``ncti``, is a :class:`ValueError` naming the file and the model.
+    score, is a :class:`ValueError` naming the file and the model.
     """
     import warnings
 
@@ -513,41 +597,44 @@ def read_scores(path: str | os.PathLike) -> dict[str, float]:
     unranked: list[str] = []
     seen: dict[str, str] = {}
     if path.suffix.lower() == ".csv":
-        for line, row in _read_csv_columns(path, ("model", "ncti"), "scores"):
+        for line, row in _read_csv_columns(path, ("model", metric), "scores"):
             model = _csv_uncell(row["model"])
             if not model:
                 raise ValueError(f"{path}, line {line}: empty model name.")
             _check_unique(path, model, seen, f"line {line}")
-            if row["ncti"] == "":
+            if row[metric] == "":
                 unranked.append(model)
                 continue
-            value = _finite(row["ncti"])
+            value = _finite(row[metric])
             if value is None:
                 raise ValueError(
-                    f"{path}, line {line} (model {model!r}): ncti {row['ncti']!r} is not a "
+                    f"{path}, line {line} (model {model!r}): {metric} {row[metric]!r} is not a "
                     "finite number."
                 )
             scores[model] = value
     else:
         doc = _read_json(path, "scores")
         if isinstance(doc, dict) and doc.get("schema") in READABLE_SCHEMAS:
-            records = doc.get("models")
-            if not isinstance(records, list):
-                raise ValueError(f"{path}: 'models' must be a list of score records.")
+            try:
+                records = metric_records(doc, metric)
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}: {err}") from None
             for i, rec in enumerate(records):
                 model = rec.get("model") if isinstance(rec, dict) else None
                 if not isinstance(model, str) or not model:
                     raise ValueError(f"{path}: score record {i} has no model name.")
                 _check_unique(path, model, seen, f"record {i}")
-                if "ncti" not in rec:
-                    raise ValueError(f"{path}: the record of model {model!r} has no 'ncti' score.")
-                if rec["ncti"] is None:  # the engine could not rank this model
+                if metric not in rec:
+                    raise ValueError(
+                        f"{path}: the record of model {model!r} has no {metric!r} score."
+                    )
+                if rec[metric] is None:  # the engine could not rank this model
                     unranked.append(model)
                     continue
-                value = _finite(rec["ncti"]) if not isinstance(rec["ncti"], str) else None
+                value = _finite(rec[metric]) if not isinstance(rec[metric], str) else None
                 if value is None:
                     raise ValueError(
-                        f"{path}: the 'ncti' of model {model!r} is {rec['ncti']!r}, not a "
+                        f"{path}: the {metric!r} of model {model!r} is {rec[metric]!r}, not a "
                         "finite number."
                     )
                 scores[model] = value
@@ -557,11 +644,12 @@ def read_scores(path: str | os.PathLike) -> dict[str, float]:
                     f"{path}: schema {doc['schema']!r} is not a scores file; expected "
                     f"{SCHEMA!r} or a JSON {{model: score}} mapping."
                 )
-            mapping = doc.get("ncti", doc) if isinstance(doc, dict) else None
+            fallback = doc if metric == "ncti" else None
+            mapping = doc.get(metric, fallback) if isinstance(doc, dict) else None
             if not isinstance(mapping, dict):
                 raise ValueError(
                     f"{path}: expected an ncti-jax scores.json or a JSON {{model: score}} "
-                    "mapping (optionally under 'ncti')."
+                    f"mapping (optionally under {metric!r})."
                 )
             for model, raw in mapping.items():
                 if raw is None:
@@ -575,12 +663,34 @@ def read_scores(path: str | os.PathLike) -> dict[str, float]:
                 scores[model] = value
     if unranked:
         warnings.warn(
-            f"{path}: {len(unranked)} model(s) without an NCTI score (unranked) left out: "
+            f"{path}: {len(unranked)} model(s) without "
+            f"{'an NCTI' if metric == 'ncti' else 'a ' + metric} score (unranked) left out: "
             f"{unranked}.",
             UserWarning,
             stacklevel=2,
         )
     return scores
+
+
+def scored_metrics(path: str | os.PathLike) -> list[str]:
+    """The metrics a results file holds: every block of an ncti-jax v3 ``scores.json``,
+    the metric columns of a CSV, ``["ncti"]`` for anything else."""
+    from .metrics import NAMES
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "scores.json"
+    if path.suffix.lower() == ".csv":
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                header = [h.strip().lower() for h in next(csv.reader(f), [])]
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise ValueError(f"{path}: not a readable scores file ({err}).") from None
+        return [m for m in NAMES if m in header] or ["ncti"]
+    doc = _read_json(path, "scores")
+    if isinstance(doc, dict) and doc.get("schema") in READABLE_SCHEMAS:
+        return document_metrics(doc)
+    return ["ncti"]
 
 
 def read_truth(path: str | os.PathLike) -> dict[str, float]:

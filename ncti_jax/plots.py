@@ -75,6 +75,52 @@ def plot_vs_truth(
     return _save(fig, plt, path)
 
 
+def plot_metric_rankings(
+    blocks: dict[str, list[dict[str, Any]]], path: str | os.PathLike, *, title: str = ""
+) -> Path:
+    """One bar chart per metric, side by side: each metric's values, best first
+    (``blocks``: ``{metric: records}``; unranked models left out)."""
+    plt = _pyplot()
+    n = len(blocks)
+    widest = max(len(r) for r in blocks.values())
+    fig, axes = plt.subplots(1, n, figsize=(n * max(3.0, 0.35 * widest + 1.5), 4.5), squeeze=False)
+    for ax, (metric, records) in zip(axes[0], blocks.items(), strict=True):
+        records = [r for r in records if r.get(metric) is not None]
+        pos = np.arange(len(records))
+        ax.bar(pos, [r[metric] for r in records], color="#4c72b0")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(pos, [r["model"] for r in records], rotation=60, ha="right", fontsize=7)
+        ax.set_title(metric)
+    fig.suptitle(title or "rankings by metric (best first)")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_metrics_vs_truth(
+    panels: dict[str, tuple[list[str], np.ndarray, np.ndarray, float]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> Path:
+    """Each metric against fine-tune accuracy, one panel per metric, side by side:
+    ``panels`` is ``{metric: (names, values, accuracies, weighted tau)}``."""
+    plt = _pyplot()
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False, sharey=True)
+    for ax, (metric, (names, x, y, wtau)) in zip(axes[0], panels.items(), strict=True):
+        ax.scatter(x, y, color="#4c72b0")
+        for name, s, t in zip(names, x, y, strict=True):
+            ax.annotate(name, (s, t), textcoords="offset points", xytext=(3, 2), fontsize=6)
+        ax.set_xlabel(metric)
+        ax.set_title(f"wtau = {wtau:.3f}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fine-tune accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
 def _save(fig, plt, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

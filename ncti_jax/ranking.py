@@ -229,3 +229,15 @@ def published_truth(spec: str) -> dict[str, float]:
             f"no {group} accuracies for dataset {dataset!r}; known: {sorted(tables[group])}."
         )
     return {m: float(a) for m, a in tables[group][dataset].items() if a != 0}
+
+
+def published_wtau() -> dict[str, dict[str, float]]:
+    """The published weighted Kendall tau of LEEP, LogME, NLEEP, PARC and SFDA against the
+    group1 fine-tune accuracies, ``{metric: {dataset: tau}}``: the table of the SFDA
+    repository's README (source in ``ncti_jax/data/published_wtau_sfda_group1.json``)."""
+    text = (
+        resources.files("ncti_jax.data")
+        .joinpath("published_wtau_sfda_group1.json")
+        .read_text("utf-8")
+    )
+    return json.loads(text)["weighted_tau"]

@@ -278,17 +278,17 @@ def test_rank_end_to_end_and_extract_then_score(image_folder, tmp_path, capsys):
         == 0
     )
     doc = io.read_results(tmp_path / "ranked")
-    assert sorted(r["model"] for r in doc["models"]) == ["mobilenet_v3_small", "resnet18"]
+    assert sorted(r["model"] for r in io.metric_records(doc)) == ["mobilenet_v3_small", "resnet18"]
     assert doc["settings"]["n_samples"] == 24
     assert "rank" in capsys.readouterr().out
     # The stored features score to the same numbers through `ncti score`.
     assert cli.main(["score", str(tmp_path / "store"), "--out", str(tmp_path / "scored")]) == 0
-    again = {r["model"]: r for r in io.read_results(tmp_path / "scored")["models"]}
-    for r in doc["models"]:
+    again = {r["model"]: r for r in io.metric_records(io.read_results(tmp_path / "scored"))}
+    for r in io.metric_records(doc):
         assert again[r["model"]]["etf"] == pytest.approx(r["etf"], rel=1e-6)
     # In memory (no store): the same pipeline, features handed over through DLPack.
     assert cli.main(["rank", *common, "--out", str(tmp_path / "mem"), "-q"]) == 0
-    assert len(io.read_results(tmp_path / "mem")["models"]) == 2
+    assert len(io.metric_records(io.read_results(tmp_path / "mem"))) == 2
     assert cli.main(["extract", *common, "--out", str(tmp_path / "store")]) == 0
     assert "already stored, skipped: resnet18, mobilenet_v3_small" in capsys.readouterr().err
 

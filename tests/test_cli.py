@@ -53,7 +53,7 @@ def check_outputs(out, feats, y, capsys):
     assert doc["schema"] == io.SCHEMA
     assert doc["settings"]["n_samples"] == len(y) and doc["settings"]["n_models"] == len(feats)
     assert {"jax", "numpy", "ncti_jax"} <= set(doc["versions"])
-    records = doc["models"]
+    records = io.metric_records(doc)
     assert [r["rank"] for r in records] == list(range(1, len(feats) + 1))
     assert [r["ncti"] for r in records] == sorted((r["ncti"] for r in records), reverse=True)
     ref = reference.score_zoo(feats, y)
@@ -112,7 +112,7 @@ def test_model_subset_and_unknown_model(tmp_path, zoo, capsys):
         cli.main(["score", str(store), "--models", ",".join(names), "--out", str(out), "-q"]) == 0
     )
     doc = io.read_results(out)
-    assert sorted(r["model"] for r in doc["models"]) == sorted(names)
+    assert sorted(r["model"] for r in io.metric_records(doc)) == sorted(names)
     assert cli.main(["score", str(store), "--models", "nope", "--out", str(out)]) == 2
     assert "no features for model(s) ['nope']" in capsys.readouterr().err
 
@@ -165,7 +165,7 @@ def test_features_are_memory_mapped(tmp_path, zoo):
 
 def test_existing_results_survive_a_failed_write(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    doc = io.results_document([], {"n_models": 0})
+    doc = io.results_document({"ncti": []}, {"n_models": 0})
     io.write_results(out, doc)
     before = (out / "scores.json").read_text()
 
@@ -174,7 +174,7 @@ def test_existing_results_survive_a_failed_write(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        io.write_results(out, io.results_document([], {"n_models": 1}))
+        io.write_results(out, io.results_document({"ncti": []}, {"n_models": 1}))
     assert (out / "scores.json").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["scores.csv", "scores.json"]
 
@@ -192,7 +192,7 @@ def test_float64_cli(tmp_path, zoo, capsys):
         jax.config.update("jax_enable_x64", False)
     doc = io.read_results(tmp_path / "o")
     ref = reference.score_zoo(feats, y)
-    got = {r["model"]: r["etf"] for r in doc["models"]}
+    got = {r["model"]: r["etf"] for r in io.metric_records(doc)}
     for i, name in enumerate(ref.models):
         assert got[name] == pytest.approx(ref.etf[i], rel=1e-9)
 
@@ -204,10 +204,10 @@ def test_score_scaling_options_and_resume(tmp_path, zoo, capsys):
     args = ["score", str(store), "--out", str(out), "--checkpoint", str(ckpt)]
     assert cli.main([*args, "--strategy", "fused", "--memory-limit", "1GiB"]) == 0
     check_outputs(out, feats, y, capsys)
-    first = io.read_results(out)["models"]
+    first = io.metric_records(io.read_results(out))
     assert any(p.name.isdigit() for p in ckpt.iterdir())  # a saved step
     assert cli.main([*args, "--strategy", "streaming", "--chunk-rows", "64"]) == 0
-    assert io.read_results(out)["models"] == first  # restored, not recomputed
+    assert io.metric_records(io.read_results(out)) == first  # restored, not recomputed
     with pytest.raises(SystemExit):
         cli.main(["score", str(store), "--memory-limit", "lots"])
     assert "not a size: 'lots'" in capsys.readouterr().err
@@ -242,8 +242,8 @@ def test_compile_cache_second_run_compiles_nothing(tmp_path, zoo):
     compiled = log.count("Compiling ")
     assert compiled > 0 and log.count("Persistent compilation cache hit") == compiled, log
     assert (
-        io.read_results(tmp_path / "second")["models"]
-        == (io.read_results(tmp_path / "first")["models"])
+        io.metric_records(io.read_results(tmp_path / "second"))
+        == (io.metric_records(io.read_results(tmp_path / "first")))
     )
 
 

@@ -24,7 +24,7 @@ def scores_doc(models=MODELS, values=None):
         {"model": m, "rank": i + 1, "ncti": float(v), "status": []}
         for i, (m, v) in enumerate(zip(models, values, strict=True))
     ]
-    return {"schema": io.SCHEMA, "models": records}
+    return {"schema": "ncti-jax/scores/v2", "models": records}  # v2: still read
 
 
 def write_scores(tmp_path, doc=None, name="scores.json"):

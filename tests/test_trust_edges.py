@@ -83,7 +83,7 @@ def test_sigint_ends_score_cleanly_and_the_checkpoint_resumes(tmp_path):
         [*cmd, "--checkpoint", str(ckpt), "--quiet"], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
-    scores = {r["model"]: r["ncti"] for r in io.read_results(out)["models"]}
+    scores = {r["model"]: r["ncti"] for r in io.metric_records(io.read_results(out))}
     expected = ncti_jax.score_zoo(feats, y)
     for name, value in zip(expected.models, expected.ncti, strict=True):
         assert scores[name] == pytest.approx(value, abs=1e-5)
@@ -106,7 +106,7 @@ def test_results_have_umask_permissions_and_safe_csv(tmp_path, zoo, capsys):
     with open(tmp_path / "out" / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["model"] for r in rows) == ["'=HYPERLINK(1)", "'@cmd"]
-    json_names = {r["model"] for r in io.read_results(tmp_path / "out")["models"]}
+    json_names = {r["model"] for r in io.metric_records(io.read_results(tmp_path / "out"))}
     assert json_names == set(renamed)  # the JSON keeps the names as they are
     assert set(io.read_scores(tmp_path / "out" / "scores.csv")) == set(renamed)  # round trip
 
