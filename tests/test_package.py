@@ -21,11 +21,14 @@ import ncti_jax
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = {
     "CheckpointError",
+    "MetricResult",
     "NCTIResult",
     "RowChunks",
     "Status",
     "__version__",
+    "ZooMetrics",
     "normalise_zoo",
+    "score_metrics",
     "score_zoo",
 }
 
