@@ -4,6 +4,7 @@ Offline: random-initialised torchvision models on a generated ImageFolder."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -89,21 +90,23 @@ def test_features_are_unchanged_and_the_model_listing_too(stores):
 
 
 def test_in_memory_extraction_keeps_the_same_logits(stores, image_folder):
-    from ncti_jax.bridges import extract_zoo
+    from ncti_jax.bridges import ZooFeatures, extract_zoo
 
-    kw = {"weights": "none", "image_size": SIZE, "batch_size": 5, "workers": 0}
-    zoo = extract_zoo("resnet18", str(image_folder), device="cpu", progress=False, **kw)
-    with pytest.raises(ValueError, match="without their source logits"):
-        zoo.source_logits()
+    kw = {"weights": "none", "image_size": SIZE, "batch_size": 8, "workers": 0}
     zoo = extract_zoo(
         "resnet18", str(image_folder), device="cpu", progress=False, with_logits=True, **kw
     )
     stored = io.load_logits(stores[0], ["resnet18"])["resnet18"]
-    np.testing.assert_array_equal(np.asarray(zoo.source_logits()["resnet18"]), stored)
-    features, _ = zoo.arrays()
-    np.testing.assert_array_equal(
-        np.asarray(features["resnet18"]), np.load(stores[1] / "resnet18.npy")
+    np.testing.assert_allclose(
+        np.asarray(zoo.source_logits()["resnet18"]), stored, rtol=1e-6, atol=1e-6
     )
+    features, _ = zoo.arrays()
+    np.testing.assert_allclose(
+        np.asarray(features["resnet18"]), np.load(stores[1] / "resnet18.npy"), rtol=1e-6, atol=1e-6
+    )
+    plain = ZooFeatures(["a"], ["a"], [], None, None, {"a": features["resnet18"]}, None)
+    with pytest.raises(ValueError, match="without their source logits"):
+        plain.source_logits()
 
 
 class Counter:
@@ -124,44 +127,48 @@ def test_an_interrupted_extraction_resumes_with_its_logits(stores, image_folder,
     loader = Counter(stop_at=13)  # in the third batch of 5: 10 images are done
     folder = torchvision.datasets.ImageFolder(str(image_folder), loader=loader)
     with pytest.raises(extract.ExtractionInterrupted):
-        extract.extract_to_store(specs(), folder, store, with_logits=True, **kw)
+        extract.extract_to_store(specs("resnet18"), folder, store, with_logits=True, **kw)
     assert (store / ".partial" / "logits" / "resnet18.npy").is_file()
     assert not (store / "logits").exists()
     loader.count, loader.stop_at = 0, None
-    done, result = extract.extract_to_store(specs(), folder, store, with_logits=True, **kw)
-    assert done == list(ARCHS) and result.start == 10 and loader.count == 14
+    done, result = extract.extract_to_store(
+        specs("resnet18"), folder, store, with_logits=True, **kw
+    )
+    assert done == ["resnet18"] and result.start == 10 and loader.count == 14
     assert not (store / ".partial").exists()
-    got, want = io.load_logits(store, list(ARCHS)), io.load_logits(stores[0], list(ARCHS))
-    for name in ARCHS:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
-        assert (store / f"{name}.npy").read_bytes() == (stores[1] / f"{name}.npy").read_bytes()
+    got = io.load_logits(store, ["resnet18"])["resnet18"]
+    np.testing.assert_array_equal(got, io.load_logits(stores[0], ["resnet18"])["resnet18"])
+    assert (store / "resnet18.npy").read_bytes() == (stores[1] / "resnet18.npy").read_bytes()
 
 
 def test_a_store_without_logits_is_completed_and_stale_logits_removed(
     stores, image_folder, tmp_path, monkeypatch
 ):
-    ds = datasets.load_dataset(str(image_folder))
+    # The store extracted without logits (by `ncti extract`, so the same settings).
     store = tmp_path / "store"
+    shutil.copytree(stores[1], store)
+    ds = datasets.load_dataset(str(image_folder))
+    kw = {**STORE_KW, "dataset_name": str(image_folder)}
     resnet, mobilenet = specs()
-    extract.extract_to_store([resnet, mobilenet], ds, store, **STORE_KW)
-    extract.extract_to_store([resnet], ds, store, with_logits=True, **STORE_KW)
-    with pytest.raises(io.FeatureStoreError) as err:
-        io.load_logits(store, list(ARCHS))
-    assert "['mobilenet_v3_small']" in str(err.value) and "--with-logits" in str(err.value)
-    # With logits asked for, only the model stored without them is extracted again.
     loaded = []
     real = extract.load_model_with_head
     monkeypatch.setattr(extract, "load_model_with_head", lambda s: loaded.append(s.name) or real(s))
-    done, _ = extract.extract_to_store([resnet, mobilenet], ds, store, with_logits=True, **STORE_KW)
-    assert done == loaded == ["mobilenet_v3_small"]
-    np.testing.assert_array_equal(
-        io.load_logits(store, ["mobilenet_v3_small"])["mobilenet_v3_small"],
-        io.load_logits(stores[0], ["mobilenet_v3_small"])["mobilenet_v3_small"],
-    )
-    # Other weights without logits: the old logits go with the old features.
+    assert extract.extract_to_store([resnet], ds, store, with_logits=True, **kw)[0] == ["resnet18"]
+    with pytest.raises(io.FeatureStoreError) as err:
+        io.load_logits(store, list(ARCHS))
+    assert "1 model(s) ['mobilenet_v3_small']" in str(err.value)
+    # With logits asked for, only the model stored without them is extracted again.
+    done, _ = extract.extract_to_store([resnet, mobilenet], ds, store, with_logits=True, **kw)
+    assert done == ["mobilenet_v3_small"] and loaded == ["resnet18", "mobilenet_v3_small"]
+    got = io.load_logits(store, list(ARCHS))
+    want = io.load_logits(stores[0], list(ARCHS))
+    for name in ARCHS:
+        np.testing.assert_array_equal(got[name], want[name])
+    # Other weights, without logits: the old logits go with the old features.
     other = models.ModelSpec("resnet18", "resnet18", None, seed=1)
-    assert extract.extract_to_store([other], ds, store, **STORE_KW)[0] == ["resnet18"]
+    assert extract.extract_to_store([other], ds, store, **kw)[0] == ["resnet18"]
     assert not (store / "logits" / "resnet18.npy").exists()
+    assert "logits" not in json.loads((store / "meta.json").read_text())["models"]["resnet18"]
 
 
 def test_a_checkpoint_without_its_classifier_is_refused(image_folder, tmp_path):
