@@ -2,7 +2,9 @@
 
 A model is named by its torchvision architecture (``torchvision.models.get_model``)
 and loaded in eval mode with its final classifier replaced by ``Identity``, so
-its output is the classifier's input: the pooled penultimate features.
+its output is the classifier's input: the pooled penultimate features. With
+:func:`load_model_with_head` the classifier removed comes back too, so that the
+source logits are ``head(features)`` in the same forward pass.
 
 Weights come from the torchvision weights API (``"DEFAULT"`` or an enum name such
 as ``"IMAGENET1K_V1"``; downloaded into the torch hub cache when online), from a
