@@ -38,6 +38,13 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="feature store directory (resumable: a rerun extracts only what is missing)",
     )
+    parser.add_argument(
+        "--with-logits",
+        action="store_true",
+        help="also store each model's source logits (its own classifier's output, for "
+        "LEEP, NCE, ETran) as DIR/logits/<model>.npy, in the same pass; models stored "
+        "without them are extracted again",
+    )
     parser.set_defaults(func=_extract)
 
 
@@ -195,6 +202,7 @@ def _extract_zoo(args: argparse.Namespace, store: str | None):
         bf16=args.bf16,
         progress=not args.no_progress,
         log=_say,
+        with_logits=getattr(args, "with_logits", False),
     )
 
 

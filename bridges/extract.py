@@ -15,6 +15,12 @@ identities): a run on other samples is refused rather than mixed in. Extraction
 is resumable: the models being extracted are flushed every ``flush_every``
 seconds and on Ctrl-C into ``.partial/`` (which ``ncti score`` does not read), and
 a re-run of the same extraction starts from the last flushed row.
+
+With source logits (``with_logits``; LEEP, NCE and ETran's energy score need them),
+each model's own classifier is applied to the features it has just computed, in the
+same pass, and ``logits/<model>.npy`` (N, S) float32 is stored beside ``<model>.npy``
+(in ``.partial/logits/`` while unfinished); a model stored without logits is
+extracted again by a run that asks for them.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ncti_jax.io import atomic_open, atomic_write_text
+from ncti_jax.io import LOGITS_DIR, atomic_open, atomic_write_text
 
 from . import defaults
 from .datasets import dataset_labels, describe_samples, same_samples, sample_record
@@ -45,6 +51,7 @@ from .models import (
     check_model_names,
     check_weights,
     load_model,
+    load_model_with_head,
     native_transform,
     paper_transform,
 )
@@ -82,6 +89,8 @@ class Extraction:
     device: str
 
     start: int = 0  # rows resumed from an interrupted run (not extracted now)
+    # Source logits (N, S) of the models given a head; empty without ``heads``.
+    logits: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -125,6 +134,7 @@ def extract_features(
     bf16: bool = False,
     keep_on_device: bool | None = None,
     progress: bool = True,
+    heads: Mapping[str, nn.Module] | None = None,
 ) -> Extraction:
     """Runs every model over ``dataset`` in one pass.
 
@@ -138,36 +148,48 @@ def extract_features(
       bf16: bfloat16 autocast on CUDA (features are stored in float32).
       keep_on_device: keep features on the device (default: when they fit in half
         the free device memory); otherwise they are gathered in host memory.
+      heads: ``{name: the model's classifier}`` (:func:`~.models.load_model_with_head`)
+        for the models whose source logits are wanted: ``head(features)``, in the
+        same pass, in :attr:`Extraction.logits`.
     """
     dev = _device(device)
     cuda = dev.type == "cuda"
     n = len(dataset)
     buffers: dict[str, torch.Tensor] = {}
+    logit_buffers: dict[str, torch.Tensor] = {}
     labels = np.empty(n, dtype=np.int64)
     bar = _progress(n, progress)
     start, pos = time.perf_counter(), 0
+
+    def gather(into: dict[str, torch.Tensor], name: str, rows: torch.Tensor) -> None:
+        if name not in into:
+            on_device = keep_on_device
+            if on_device is None:
+                on_device = _fits(dev, n, rows.shape[1], len(models))
+            into[name] = torch.empty(
+                (n, rows.shape[1]),
+                dtype=torch.float32,
+                device=dev if on_device else "cpu",
+                pin_memory=cuda and not on_device,
+            )
+        into[name][pos : pos + len(rows)].copy_(rows, non_blocking=cuda)
+
     with torch.inference_mode():
-        for y, out in _batches(models, dataset, transforms, dev, batch_size, num_workers, bf16):
+        for y, out, logits in _batches(
+            models, dataset, transforms, dev, batch_size, num_workers, bf16, heads
+        ):
             b = len(y)
             labels[pos : pos + b] = y
             for name, feats in out.items():
-                if name not in buffers:
-                    on_device = keep_on_device
-                    if on_device is None:
-                        on_device = _fits(dev, n, feats.shape[1], len(models))
-                    buffers[name] = torch.empty(
-                        (n, feats.shape[1]),
-                        dtype=torch.float32,
-                        device=dev if on_device else "cpu",
-                        pin_memory=cuda and not on_device,
-                    )
-                buffers[name][pos : pos + b].copy_(feats, non_blocking=cuda)
+                gather(buffers, name, feats)
+            for name, rows in logits.items():
+                gather(logit_buffers, name, rows)
             pos += b
             bar.update(b)
     if cuda:
         torch.cuda.synchronize(dev)
     bar.close()
-    return Extraction(buffers, labels, time.perf_counter() - start, str(dev))
+    return Extraction(buffers, labels, time.perf_counter() - start, str(dev), logits=logit_buffers)
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -182,8 +204,12 @@ def _batches(
     batch_size: int,
     num_workers: int,
     bf16: bool,
-) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """Yields ``(labels, {name: (b, D) float32 features on dev})`` per batch, in order."""
+    heads: Mapping[str, nn.Module] | None = None,
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """Yields ``(labels, {name: (b, D) float32 features on dev}, {name: (b, S) float32
+    logits on dev})`` per batch, in order; logits of the models in ``heads`` only, each
+    its head applied to the features the model has just computed."""
+    heads = heads or {}
     cuda = dev.type == "cuda"
     layout = torch.channels_last if cuda else torch.contiguous_format
     keys = {key: t for key, t in transforms.values()}
@@ -197,8 +223,10 @@ def _batches(
     )
     for model in models.values():
         model.to(dev, memory_format=layout)
+    for head in heads.values():
+        head.to(dev)
     for batch, y in loader:
-        out = {}
+        out, logits = {}, {}
         with torch.inference_mode():
             inputs = {
                 key: x.to(dev, non_blocking=cuda, memory_format=layout) for key, x in batch.items()
@@ -208,6 +236,8 @@ def _batches(
                 try:
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and cuda):
                         feats = model(x)
+                        if name in heads:
+                            logits[name] = heads[name](feats).reshape(len(y), -1).float()
                 except RuntimeError as err:
                     if "size" not in str(err).lower():
                         raise
@@ -217,7 +247,7 @@ def _batches(
                         "(inception_v3 needs at least 75)."
                     ) from None
                 out[name] = feats.reshape(len(y), -1).float()
-        yield np.asarray(y), out
+        yield np.asarray(y), out, logits
 
 
 def _fits(dev: torch.device, n: int, d: int, n_models: int) -> bool:
@@ -276,8 +306,15 @@ def read_meta(store: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: corrupt store metadata ({err}).") from None
 
 
-def stored_models(store: Path, specs: Sequence[ModelSpec], settings: Mapping[str, Any]) -> set[str]:
-    """Models of ``specs`` already in ``store`` with these settings and weights."""
+def stored_models(
+    store: Path,
+    specs: Sequence[ModelSpec],
+    settings: Mapping[str, Any],
+    *,
+    with_logits: bool = False,
+) -> set[str]:
+    """Models of ``specs`` already in ``store`` with these settings and weights (and
+    their source logits, ``with_logits``)."""
     entries = read_meta(store).get("models", {})
     return {
         s.name
@@ -287,6 +324,10 @@ def stored_models(store: Path, specs: Sequence[ModelSpec], settings: Mapping[str
         and all(
             entries[s.name].get(k) == v
             for k, v in {**settings, "weights": _weights_label(s)}.items()
+        )
+        and (
+            not with_logits
+            or (entries[s.name].get("logits") and (store / LOGITS_DIR / f"{s.name}.npy").exists())
         )
     }
 
@@ -336,6 +377,7 @@ def extract_to_store(
     image_size: int = defaults.IMAGE_SIZE,
     flush_every: float = 60.0,
     log: Callable[[str], None] | None = None,
+    with_logits: bool = False,
     **kwargs: Any,
 ) -> tuple[list[str], Extraction | None]:
     """Extracts the models of ``specs`` not yet in ``store`` and writes them.
@@ -351,6 +393,12 @@ def extract_to_store(
     flushed row. A dataset whose samples cannot be identified
     (:func:`ncti_jax.bridges.datasets.sample_ids`) is extracted in one go, without flushes.
     ``log``, when given, is told which models are already stored, before extracting.
+
+    ``with_logits`` also stores each model's source logits, its own classifier
+    applied to its features in the same pass, as ``store/logits/<model>.npy``
+    (N, S) float32; a model stored without them is extracted again. A model's
+    features are never left beside logits of another extraction of it: the old
+    logits file is removed before the new features are written.
     """
     store = Path(store)
     check_model_names([s.name for s in specs], f"store {store}")
@@ -373,30 +421,56 @@ def extract_to_store(
         "image_size": image_size,
         "n_samples": len(labels),
     }
-    done = stored_models(store, specs, settings)
+    done = stored_models(store, specs, settings, with_logits=with_logits)
     todo = [s for s in specs if s.name not in done]
     if done and log is not None:
         log(f"already stored, skipped: {', '.join(s.name for s in specs if s.name in done)}")
     if not todo:
         return [], None
     check_weights(todo)
-    models = {s.name: load_model(s) for s in todo}
+    heads = None
+    if with_logits:
+        loaded = {s.name: load_model_with_head(s) for s in todo}
+        models = {name: model for name, (model, _) in loaded.items()}
+        heads = {name: head for name, (_, head) in loaded.items()}
+    else:
+        models = {s.name: load_model(s) for s in todo}
     transforms = {s.name: transform_for(s, preprocess, image_size) for s in todo}
     entries = {s.name: {**settings, "arch": s.arch, "weights": _weights_label(s)} for s in todo}
+    if with_logits:
+        for entry in entries.values():
+            entry["logits"] = True
     if record["digest"] is None:
-        result = extract_features(models, dataset, transforms, **kwargs)
+        result = extract_features(models, dataset, transforms, heads=heads, **kwargs)
         if not np.array_equal(result.labels, labels):
             raise RuntimeError("the data loader returned labels out of order; nothing was written.")
     else:
         result = _extract_resumable(
-            store, models, dataset, transforms, labels, record, entries, flush_every, **kwargs
+            store,
+            models,
+            dataset,
+            transforms,
+            labels,
+            record,
+            entries,
+            flush_every,
+            heads=heads,
+            **kwargs,
         )
     _atomic_save(labels_path, labels)
     for s in todo:
+        # Logits of an earlier extraction of this model go first: a crash at any point
+        # leaves the model's logits missing or matching its features, never stale.
+        (store / LOGITS_DIR / f"{s.name}.npy").unlink(missing_ok=True)
         _atomic_save(store / f"{s.name}.npy", result.features[s.name].cpu().numpy())
+        source = {}
+        if with_logits:
+            _atomic_save(store / LOGITS_DIR / f"{s.name}.npy", result.logits[s.name].cpu().numpy())
+            source = {"source_classes": int(result.logits[s.name].shape[1])}
         meta = read_meta(store)
         meta.setdefault("models", {})[s.name] = {
             **entries[s.name],
+            **source,
             "dim": int(result.features[s.name].shape[1]),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
@@ -423,14 +497,17 @@ def _extract_resumable(
     bf16: bool = False,
     keep_on_device: bool | None = None,  # unused: features are gathered in .partial/ files
     progress: bool = True,
+    heads: Mapping[str, nn.Module] | None = None,
 ) -> Extraction:
-    """:func:`extract_features` from the last flushed row, flushing to ``store/.partial/``."""
+    """:func:`extract_features` from the last flushed row, flushing to ``store/.partial/``
+    (source logits of the models in ``heads`` to ``store/.partial/logits/``)."""
     partial, n = store / PARTIAL_DIR, len(labels)
     start, arrays = _resume(partial, record, entries, n)
     if not start:
         shutil.rmtree(partial, ignore_errors=True)
     dev = _device(device)
-    pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # batches not yet flushed
+    # Batches not yet flushed: (first row, {file key: rows}), keys as in _partial_keys.
+    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
     pos = start
 
     def flush() -> None:
@@ -441,10 +518,11 @@ def _extract_resumable(
     began = flushed = time.perf_counter()
     try:
         remaining = Subset(dataset, range(start, n))
-        for y, out in _batches(models, remaining, transforms, dev, batch_size, num_workers, bf16):
+        batches = _batches(models, remaining, transforms, dev, batch_size, num_workers, bf16, heads)
+        for y, out, logits in batches:
             if not np.array_equal(y, labels[pos : pos + len(y)]):
                 raise RuntimeError(f"the data loader returned labels out of order at row {pos}.")
-            pending.append((pos, out))
+            pending.append((pos, {**out, **{_logits_key(k): v for k, v in logits.items()}}))
             pos += len(y)
             bar.update(len(y))
             if (
@@ -461,8 +539,23 @@ def _extract_resumable(
         raise
     finally:
         bar.close()
-    features = {name: torch.from_numpy(np.array(a)) for name, a in arrays.items()}
-    return Extraction(features, labels, time.perf_counter() - began, str(dev), start=start)
+    features = {name: torch.from_numpy(np.array(arrays[name])) for name in models}
+    logits = {name: torch.from_numpy(np.array(arrays[_logits_key(name)])) for name in heads or {}}
+    return Extraction(
+        features, labels, time.perf_counter() - began, str(dev), start=start, logits=logits
+    )
+
+
+def _logits_key(name: str) -> str:
+    """The ``.partial/`` file key of a model's logits: ``logits/<model>`` (model names
+    hold no ``/``, :func:`~.models.check_model_names`)."""
+    return f"{LOGITS_DIR}/{name}"
+
+
+def _partial_keys(entries: Mapping[str, Any]) -> list[str]:
+    """The ``.partial/<key>.npy`` files of an extraction: each model's features, and the
+    logits of the models extracted with them."""
+    return [*entries, *(_logits_key(k) for k, e in entries.items() if e.get("logits"))]
 
 
 def _resume(
@@ -475,7 +568,7 @@ def _resume(
         if not same or any(progress["models"].get(k) != v for k, v in entries.items()):
             return 0, {}
         rows = int(progress["rows"])
-        arrays = {k: np.load(partial / f"{k}.npy", mmap_mode="r+") for k in entries}
+        arrays = {k: np.load(partial / f"{k}.npy", mmap_mode="r+") for k in _partial_keys(entries)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0, {}
     if not 0 < rows <= n or any(a.shape[0] != n or a.ndim != 2 for a in arrays.values()):
@@ -491,7 +584,7 @@ def _flush(
     record: Mapping[str, Any],
     entries: Mapping[str, Any],
 ) -> None:
-    """Writes ``pending`` batches into ``partial/<model>.npy``, then records ``rows`` done.
+    """Writes ``pending`` batches into ``partial/<key>.npy``, then records ``rows`` done.
 
     The progress record is replaced atomically after the rows reach the files, so a
     run killed at any point resumes from rows that were written.
@@ -500,6 +593,7 @@ def _flush(
     for pos, out in pending:
         for name, feats in out.items():
             if name not in arrays:
+                (partial / name).parent.mkdir(exist_ok=True)
                 arrays[name] = np.lib.format.open_memmap(
                     partial / f"{name}.npy",
                     mode="w+",

@@ -2,7 +2,9 @@
 
 A model is named by its torchvision architecture (``torchvision.models.get_model``)
 and loaded in eval mode with its final classifier replaced by ``Identity``, so
-its output is the classifier's input: the pooled penultimate features.
+its output is the classifier's input: the pooled penultimate features. With
+:func:`load_model_with_head` the classifier removed comes back too, so that the
+source logits are ``head(features)`` in the same forward pass.
 
 Weights come from the torchvision weights API (``"DEFAULT"`` or an enum name such
 as ``"IMAGENET1K_V1"``; downloaded into the torch hub cache when online), from a
@@ -167,11 +169,33 @@ def classifier_path(arch: str) -> tuple[str, int | None]:
     )
 
 
-def cut_classifier(model: nn.Module, arch: str) -> nn.Module:
-    """Replaces the final classifier layer with Identity, in place; returns the model."""
+def classifier_name(model: nn.Module, arch: str) -> str:
+    """The dotted name of ``arch``'s final classifier layer in ``model`` (cut or not):
+    ``fc``, ``classifier``, ``classifier.3``, ``heads.head``, ..."""
+    attr, index = classifier_path(arch)
+    if index is None:
+        return attr
+    holder = getattr(model, attr)
+    if not isinstance(holder, nn.Sequential):
+        raise ValueError(
+            f"architecture {arch!r}: expected a Sequential at .{attr}; found "
+            f"{type(holder).__name__}."
+        )
+    return f"{attr}.{list(holder._modules)[index]}"
+
+
+def split_classifier(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module]:
+    """Replaces the final classifier layer with Identity, in place.
+
+    Returns:
+      ``(model, head)``: the cut model, whose output is the head's input (the
+      penultimate features), and the layer removed, so that ``head(model(x))`` is
+      the full model's output (the source logits).
+    """
     attr, index = classifier_path(arch)
     holder = getattr(model, attr)
     if index is None:
+        head = holder
         setattr(model, attr, nn.Identity())
     else:
         if not isinstance(holder, nn.Sequential) or not isinstance(holder[index], nn.Linear):
@@ -179,8 +203,14 @@ def cut_classifier(model: nn.Module, arch: str) -> nn.Module:
                 f"architecture {arch!r}: expected a Sequential ending in Linear "
                 f"at .{attr}; found {type(holder).__name__}."
             )
+        head = holder[index]
         holder[index] = nn.Identity()
-    return model
+    return model, head
+
+
+def cut_classifier(model: nn.Module, arch: str) -> nn.Module:
+    """Replaces the final classifier layer with Identity, in place; returns the model."""
+    return split_classifier(model, arch)[0]
 
 
 def _check_arch(arch: str) -> None:
@@ -285,12 +315,16 @@ def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[s
     return out
 
 
-def load_checkpoint(model: nn.Module, arch: str, path: str | os.PathLike) -> None:
+def load_checkpoint(
+    model: nn.Module, arch: str, path: str | os.PathLike, head: nn.Module | None = None
+) -> None:
     """Loads a local checkpoint into a cut model, safely (``weights_only=True``).
 
     Keys of the original classifier (or of a self-supervised projection head in
     its place) are ignored; any other missing or unexpected key is an error that
-    lists them.
+    lists them. With ``head`` (the classifier removed by :func:`split_classifier`),
+    the checkpoint's classifier weights are loaded into it; a checkpoint without
+    them (a self-supervised model has no source classifier) is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -302,7 +336,13 @@ def load_checkpoint(model: nn.Module, arch: str, path: str | os.PathLike) -> Non
             f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})."
         ) from None
     expected = set(model.state_dict())
-    state = strip_prefixes(_unwrap_state_dict(raw, path), expected)
+    head_name = classifier_name(model, arch)
+    head_state = (
+        {} if head is None else {f"{head_name}.{k}": v for k, v in head.state_dict().items()}
+    )
+    state = strip_prefixes(_unwrap_state_dict(raw, path), expected | set(head_state))
+    if head is not None:
+        _load_head(head, head_name, head_state, state, arch, path)
     heads = (classifier_path(arch)[0] + ".", "AuxLogits.", "aux1.", "aux2.")
     state = {k: v for k, v in state.items() if not k.startswith(heads)}
     missing = sorted(expected - set(state))
@@ -327,6 +367,27 @@ def load_checkpoint(model: nn.Module, arch: str, path: str | os.PathLike) -> Non
     model.load_state_dict(state)
 
 
+def _load_head(
+    head: nn.Module,
+    head_name: str,
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    arch: str,
+    path: Path,
+) -> None:
+    """Loads the classifier ``head`` (keys ``head_name.*``) from a checkpoint's ``state``."""
+    wrong = [
+        k for k, v in expected.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in expected.items())
+        raise ValueError(
+            f"{path}: no source classifier for {arch!r} (expected {shapes}); the source "
+            "logits need the model's own classifier: extract this model without --with-logits."
+        )
+    head.load_state_dict({k[len(head_name) + 1 :]: state[k] for k in expected})
+
+
 def load_model(spec: ModelSpec) -> nn.Module:
     """The eval-mode model of ``spec``, cut at its penultimate layer.
 
@@ -337,6 +398,24 @@ def load_model(spec: ModelSpec) -> nn.Module:
       WeightsError: pre-trained weights that are neither cached nor downloadable,
         naming the file expected in the torch hub cache (or the cached file as corrupt).
     """
+    return _load(spec, head=False)[0]
+
+
+def load_model_with_head(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
+    """:func:`load_model` and its classifier: ``(cut model, head)``, both in eval mode.
+
+    ``head(model(x))`` is the source model's output (its logits over the source
+    classes). A checkpoint's classifier is loaded from the checkpoint, and a
+    checkpoint without one (self-supervised) is refused.
+
+    Raises:
+      WeightsError: as :func:`load_model`.
+      ValueError: a checkpoint without the classifier's weights.
+    """
+    return _load(spec, head=True)
+
+
+def _load(spec: ModelSpec, *, head: bool) -> tuple[nn.Module, nn.Module | None]:
     _check_arch(spec.arch)
     if spec.checkpoint is not None or spec.weights is None:
         kwargs = {}
@@ -362,10 +441,10 @@ def load_model(spec: ModelSpec) -> nn.Module:
                 "machine with network access and place it there (or point TORCH_HOME at a "
                 "cache that has it)."
             ) from None
-    cut_classifier(model, spec.arch)
+    model, classifier = split_classifier(model, spec.arch)
     if spec.checkpoint is not None:
-        load_checkpoint(model, spec.arch, spec.checkpoint)
-    return model.eval()
+        load_checkpoint(model, spec.arch, spec.checkpoint, classifier if head else None)
+    return model.eval(), classifier.eval() if head else None
 
 
 def paper_transform(size: int = 224) -> transforms.Compose:

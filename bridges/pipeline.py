@@ -43,6 +43,8 @@ class ZooFeatures:
     store: Path | None  # the feature store, or None for features held in memory
     features: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
     labels: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    # In memory, with ``with_logits``: {model: (N, S) source logits}; None otherwise.
+    logits: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
 
     def arrays(self) -> tuple[dict[str, Any], np.ndarray]:
         """``({model: (N, D) features}, labels)`` in the zoo's order: JAX arrays handed
@@ -52,6 +54,26 @@ class ZooFeatures:
         from ncti_jax import io as ncti_io
 
         return ncti_io.load_feature_store(self.store, models=self.models)
+
+    def source_logits(self) -> dict[str, Any]:
+        """``{model: (N, S) logits of its own classifier}`` in the zoo's order, rows as in
+        :meth:`arrays`: JAX arrays (in memory), or the store's ``logits/`` files
+        memory-mapped (:func:`ncti_jax.io.load_logits`).
+
+        Raises:
+          ValueError: features extracted in memory without ``with_logits``.
+          ncti_jax.io.FeatureStoreError: models of the store without logits, all named.
+        """
+        if self.store is None:
+            if self.logits is None:
+                raise ValueError(
+                    "these features were extracted without their source logits; "
+                    "extract again with with_logits=True."
+                )
+            return {m: self.logits[m] for m in self.models}
+        from ncti_jax import io as ncti_io
+
+        return ncti_io.load_logits(self.store, self.models)
 
 
 def extract_zoo(
@@ -72,6 +94,7 @@ def extract_zoo(
     bf16: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    with_logits: bool = False,
 ) -> ZooFeatures:
     """Extracts the penultimate features of every model of ``zoo`` on ``dataset``.
 
@@ -99,6 +122,10 @@ def extract_zoo(
       bf16: bfloat16 autocast on CUDA.
       progress: a progress bar over the images (tqdm).
       log: called with a line of text at each step (e.g. ``print``); None: silent.
+      with_logits: also keep each model's source logits, its own classifier applied
+        to the features in the same pass (:meth:`ZooFeatures.source_logits`); into a
+        store, as ``logits/<model>.npy``, and models stored without them are
+        extracted again.
 
     Raises:
       ValueError, OSError: a bad zoo, dataset, weights file or store, before
@@ -138,16 +165,24 @@ def extract_zoo(
             preprocess=preprocess,
             image_size=image_size,
             log=say,
+            with_logits=with_logits,
             **options,
         )
         stored = [n for n in names if n not in extracted]
         return ZooFeatures(names, extracted, stored, result, Path(store))
     extract.check_weights(specs)
-    loaded = {s.name: extract.load_model(s) for s in specs}
+    heads = None
+    if with_logits:
+        pairs = {s.name: extract.load_model_with_head(s) for s in specs}
+        loaded = {n: model for n, (model, _) in pairs.items()}
+        heads = {n: head for n, (_, head) in pairs.items()}
+    else:
+        loaded = {s.name: extract.load_model(s) for s in specs}
     transforms = {s.name: extract.transform_for(s, preprocess, image_size) for s in specs}
-    result = extract.extract_features(loaded, ds, transforms, **options)
+    result = extract.extract_features(loaded, ds, transforms, heads=heads, **options)
     features = {n: dlpack.to_jax(t) for n, t in result.features.items()}
-    return ZooFeatures(names, names, [], result, None, features, result.labels)
+    logits = {n: dlpack.to_jax(t) for n, t in result.logits.items()} if with_logits else None
+    return ZooFeatures(names, names, [], result, None, features, result.labels, logits)
 
 
 def rank_zoo(

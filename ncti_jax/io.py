@@ -3,7 +3,11 @@
 Feature stores (read with ``allow_pickle=False``, ``.npy`` files memory-mapped):
 
 - **directory layout**: ``<model>.npy`` (or ``<model>.npz`` holding one array,
-  or an array named ``features``) per model, plus ``labels.npy``;
+  or an array named ``features``) per model, plus ``labels.npy``; optionally
+  ``logits/<model>.npy``, the (N, S) float32 logits of the model's own source
+  classifier on the same rows (``ncti extract --with-logits``; LEEP, NCE and
+  ETran's energy score read them with :func:`load_logits`), in a subdirectory so
+  that they are not taken for models;
 - **authors' layout**: ``<model>_<dataset>_feature.npy`` and
   ``<model>_<dataset>_label.npy`` per model, selected with ``dataset``.
 
@@ -63,6 +67,7 @@ SCHEMA = "ncti-jax/scores/v3"
 # Schemas read_results and read_scores accept: this one and the ones before it (NCTI only).
 READABLE_SCHEMAS = (SCHEMA, "ncti-jax/scores/v2", "ncti-jax/scores/v1")
 LABELS_FILE = "labels.npy"
+LOGITS_DIR = "logits"  # directory layout: logits/<model>.npy, a model's source logits
 _AUTHORS = re.compile(r"^(?P<model>.+)_(?P<dataset>[^_]+)_(?P<kind>feature|label)\.npy$")
 # NCTI's record fields beyond model, rank, value and status (the CSV's NCTI columns).
 NCTI_FIELDS = (
@@ -154,6 +159,56 @@ def load_feature_store(
                 f"({labels.shape[0]}, D) to match the labels."
             )
     return feats, labels
+
+
+def load_logits(path: str | os.PathLike, models: Sequence[str]) -> dict[str, np.ndarray]:
+    """Reads the source logits of ``models`` from a directory-layout feature store.
+
+    Args:
+      path: the store's directory (``labels.npy``, ``logits/<model>.npy``).
+      models: the models whose logits are wanted.
+
+    Returns:
+      ``{model: (N, S) array}`` in the order of ``models``, memory-mapped, rows
+      matching the store's labels.
+
+    Raises:
+      FeatureStoreError: naming the store and every model without logits (in one
+        message), or the logits file of the wrong shape.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FeatureStoreError(f"{root}: not a directory (expected a feature store).")
+    if isinstance(models, str):
+        models = [models]
+    bad = [m for m in models if not isinstance(m, str) or m in ("", ".", "..") or "/" in m]
+    if bad:
+        raise FeatureStoreError(f"{root}: {bad} are not model names.")
+    if not (root / LABELS_FILE).exists():
+        raise FeatureStoreError(
+            f"{root}: no {LABELS_FILE}; source logits are read from a directory-layout "
+            "store (ncti extract --with-logits)."
+        )
+    labels = load_array(root / LABELS_FILE)
+    folder = root / LOGITS_DIR
+    missing = [m for m in models if not (folder / f"{m}.npy").is_file()]
+    if missing:
+        raise FeatureStoreError(
+            f"{root}: no source logits ({LOGITS_DIR}/<model>.npy) for "
+            f"{len(missing)} model(s) {missing}; re-extract them with "
+            "'ncti extract --with-logits'."
+        )
+    logits: dict[str, np.ndarray] = {}
+    for m in models:
+        f = folder / f"{m}.npy"
+        x = load_array(f)
+        if x.ndim != 2 or x.shape[0] != labels.shape[0]:
+            raise FeatureStoreError(
+                f"{f}: logits of model {m!r} have shape {x.shape}, expected "
+                f"({labels.shape[0]}, S) to match the labels."
+            )
+        logits[m] = x
+    return logits
 
 
 def _load_directory_layout(root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
