@@ -202,8 +202,16 @@ def _extract_zoo(args: argparse.Namespace, store: str | None):
         bf16=args.bf16,
         progress=not args.no_progress,
         log=_say,
-        with_logits=getattr(args, "with_logits", False),
+        with_logits=getattr(args, "with_logits", False) or _needs_logits(args),
     )
+
+
+def _needs_logits(args: argparse.Namespace) -> bool:
+    """``ncti rank --metrics`` asks for a metric that reads the source classifier."""
+    from ncti_jax import metrics
+
+    chosen = metrics.parse(getattr(args, "metrics", "ncti"))
+    return any(m != "ncti" and metrics.get(m).needs_logits for m in chosen)
 
 
 def _say(line: str) -> None:
@@ -242,8 +250,9 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _rank(args: argparse.Namespace) -> int:
-    from ncti_jax import score_metrics
+    from ncti_jax import metrics, score_metrics
 
+    metrics.parse(args.metrics)  # an unknown metric fails before any extraction
     prepare_scoring(args)
     try:
         zoo_features = _extract_zoo(args, args.store)
@@ -265,7 +274,8 @@ def _rank(args: argparse.Namespace) -> int:
     _say(f"scoring {plural(len(features), 'model')} on {len(labels)} samples ...")
     start = time.perf_counter()
     with ExitOnInterrupt(resume):
-        result = score_metrics(features, labels, **scoring_kwargs(args))
+        logits = zoo_features.source_logits() if _needs_logits(args) else None
+        result = score_metrics(features, labels, logits=logits, **scoring_kwargs(args))
     seconds = time.perf_counter() - start
     import numpy as np
 

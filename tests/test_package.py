@@ -104,7 +104,7 @@ def test_cli_start_is_lean(tmp_path):
         np.save(store / f"{name}.npy", rng.normal(size=(60, 8)).astype(np.float32))
     run = loaded("score", str(store), "--out", str(tmp_path / "out"), "-q")
     assert run == {"code": 0, "loaded": ["jax"]}
-    assert len(json.loads((tmp_path / "out" / "scores.json").read_text())["models"]) == 2
+    assert len(json.loads((tmp_path / "out" / "scores.json").read_text())["results"]["ncti"]) == 2
     # The lazily registered commands still parse their own options.
     assert loaded("bench", "--nope")["code"] == 2
     assert loaded("rank", "--help") == {"code": 0, "loaded": ["ncti_jax.bridges"]}  # no torch
