@@ -33,7 +33,11 @@ Numerics, where they differ from the reference's direct formula (same function):
   gives ``t = 1e-10``, as the true ``rho`` would);
 - padded columns get an identity block in ``S`` (they are decoupled from the real
   columns and their means are 0, so they add nothing), not ``t tr(Sw)/D``, which
-  could be 0.
+  could be 0;
+- wide models (N < D, a static choice): every ``x_i - m``, every ``mu_c - m`` and
+  the range of ``Sw`` lie in the row space of the centred features, an invariant
+  subspace of ``S``, so the classifier is solved exactly in an orthonormal basis of
+  it (the right singular vectors of the centred features): N x N instead of D x D.
 
 A zero within-class scatter (every class a single repeated point) makes ``S = 0``:
 the reference's Cholesky raises, the kernel returns NaN for ``L``.
@@ -64,44 +68,60 @@ def energy(stats) -> jax.Array:
     return jnp.mean(jnp.sort(e)[: energy_keep(stats.n)])
 
 
-def _power_estimate(a: jax.Array) -> jax.Array:
-    """The reference's top-eigenvalue estimate of the symmetric PSD ``a``:
-    ``|a^(2k+1) 1| / |a^(2k) 1|`` after ``2k`` normalised products (k = 3)."""
-    v = jnp.ones(a.shape[0], a.dtype)
+def _power_estimate(matvec, v: jax.Array) -> jax.Array:
+    """The reference's top-eigenvalue estimate of a symmetric PSD ``a`` (given as
+    ``matvec(v) = a @ v``): ``|a^(2k+1) 1| / |a^(2k) 1|`` after ``2k`` normalised
+    products from ``v = 1`` (k = 3)."""
     for _ in range(2 * ref_sfda.POWER_ITERATIONS):  # static count, as the reference's
-        v = a @ v
+        v = matvec(v)
         v = v / jnp.linalg.norm(v)
-    return jnp.linalg.norm(a @ v)
+    return jnp.linalg.norm(matvec(v))
 
 
 def fisher_true_class_probs(stats) -> tuple[jax.Array, jax.Array]:
     """(N,) ``p(y_i | x_i)`` of the shrunk Fisher classifier fitted on the features, and
-    its shrinkage ``t`` (see the module notes for the centring and scaling)."""
+    its shrinkage ``t`` (see the module notes for the centring, the scaling and the
+    basis of the wide case)."""
+    n = stats.n
     xc = stats.centred
     # 2^-k with the largest |entry| in [1/2, 1) (an all-zero matrix keeps k = 0).
     _, k = jnp.frexp(jnp.max(jnp.abs(xc)))
     xs = jnp.ldexp(xc, -k)
     means = jax.ops.segment_sum(xs, stats.codes, num_segments=stats.n_classes)
     means = means / stats.counts[:, None]  # (C, D) class means of the scaled features
-    xw = xs - means[stats.codes]
-    sw = (xw.T @ xw) / stats.n  # sum_c pi_c cov_c, scaled by 4^-k
-    rho = jnp.ldexp(_power_estimate(sw), 2 * k)
+    xw = xs - means[stats.codes]  # Sw = xw^T xw / N = sum_c pi_c cov_c, scaled by 4^-k
+    trace = jnp.sum(xw**2) / n
+    ones = jnp.ones(stats.width, stats.dtype)  # padded entries meet zero columns of Sw
+    if n < stats.width:
+        # Wide (N < D, static): x_i - m, mu_c - m and the range of Sw all lie in the
+        # row space of the centred features, which S maps into itself (S = a Sw + b I):
+        # the classifier is exact in an orthonormal basis q (D, N) of that space, an
+        # N x N system instead of D x D.
+        sw_rho = _power_estimate(lambda v: xw.T @ (xw @ v) / n, ones)
+        q = stats.linalg.svd(xs)[1][:, :n]
+        xs, means, xw = xs @ q, means @ q, xw @ q
+        sw = (xw.T @ xw) / n
+        real = jnp.ones((n, n), bool)
+    else:
+        sw = (xw.T @ xw) / n
+        sw_rho = _power_estimate(lambda v: sw @ v, ones)
+        # Padded columns get an identity block: decoupled, and their means are 0.
+        real = stats.col_mask[:, None] & stats.col_mask[None, :]
+    rho = jnp.ldexp(sw_rho, 2 * k)
     t = jnp.maximum(jnp.exp(-5.0 * rho), ref_sfda.SHRINKAGE_FLOOR)
-    ridge = t * jnp.trace(sw) / stats.n_cols.astype(stats.dtype)
-    real = stats.col_mask[:, None] & stats.col_mask[None, :]
-    eye = jnp.eye(stats.width, dtype=stats.dtype)
+    ridge = t * trace / stats.n_cols.astype(stats.dtype)
+    eye = jnp.eye(sw.shape[0], dtype=stats.dtype)
     s = jnp.where(real, (1.0 - t) * sw + ridge * eye, eye)
     chol = stats.linalg.cholesky(s)
     if stats.dtype == jnp.float32:
         # The floor t = 1e-10 is below float32's resolution of S: where Sw is
         # rank-deficient (N < D, dead ReLU units) the Cholesky fails (NaN). Only
         # there, raise the ridge to the smallest one float32 resolves.
-        floor = RIDGE32 * jnp.ldexp(rho, -2 * k)
         failed = ~jnp.all(jnp.isfinite(chol))
-        retry = stats.linalg.cholesky(s + jnp.where(real, floor, 0.0) * eye)
+        retry = stats.linalg.cholesky(s + jnp.where(real, RIDGE32 * sw_rho, 0.0) * eye)
         chol = jnp.where(failed, retry, chol)
     coef = stats.linalg.cho_solve(chol, means.T)  # (D, C) = S^-1 M^T
-    log_prior = jnp.log(stats.counts / stats.n)
+    log_prior = jnp.log(stats.counts / n)
     logits = xs @ coef - 0.5 * jnp.sum(means.T * coef, axis=0) + log_prior
     log_p = jax.nn.log_softmax(logits, axis=1)
     return jnp.exp(jnp.take_along_axis(log_p, stats.codes[:, None], axis=1)[:, 0]), t

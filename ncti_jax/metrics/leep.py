@@ -13,14 +13,19 @@ A source class with ``P(z) = 0`` (a padded class, or one whose probabilities
 all underflow) adds ``p[i, z] P(y_i | z) = 0`` to every sample: its ``0 / 0``
 conditional is masked to 0, as the reference drops it.
 
-NCE, of the hard source predictions ``z_i = argmax_z p[i, z]`` (first maximum on
-ties, as the reference's ``np.argmax`` of the probabilities; padded classes have
-probability 0 and the maximum is at least ``1 / S``, so they are never chosen)::
+NCE, of the hard source predictions ``z_i = argmax_z logits[i, z]`` (first maximum
+on ties; padded classes are ``-inf``, never chosen)::
 
     NCE = sum_{y, z} P(y, z) log(P(y, z) / P(z)),  P(y, z) = #{i: y_i = y, z_i = z} / N,
 
 with ``0 log 0 = 0``. It is formed from the integer counts, ``n_yz / N log(n_yz / n_z)``:
 exact counts in any dtype up to 2**24 samples in float32.
+
+The reference takes the argmax of the probabilities, the same class unless two
+logits differ by less than the rounding of ``exp`` (absolute gaps below ~1e-16 in
+float64: the probabilities tie and the reference takes the first). The logits'
+argmax does not depend on how a softmax rounds, so a float32 run picks the classes
+a float64 one picks from the same (float32) logits.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ def leep(stats) -> dict:
 
 
 def nce(stats) -> dict:
-    z = jnp.argmax(stats.source_probs, axis=1)
-    n_s = stats.source_probs.shape[1]
+    z = jnp.argmax(stats.logits, axis=1)
+    n_s = stats.logits.shape[1]
     counts = jnp.zeros((stats.n_classes, n_s), stats.dtype).at[stats.codes, z].add(1.0)
     n_z = jnp.sum(counts, axis=0)
     occupied = counts > 0
