@@ -52,7 +52,7 @@ def test_float64_matches_reference(regime, rng, x64):
     check_zoo(feats, y, logits, parts, energy_tol=1e-12, lda_tol=1e-9, zoo_tol=1e-9)
 
 
-@pytest.mark.parametrize("regime", ["chance", "collapsed", "massive", "huge-scale", "tiny-scale"])
+@pytest.mark.parametrize("regime", ["chance", "massive", "huge-scale", "tiny-scale"])
 def test_float32_matches_reference(regime, rng):
     feats, y = regimes.make(regime, rng, size="tiny")
     logits = {m: v.astype(np.float32) for m, v in source_logits(feats, rng).items()}
