@@ -51,7 +51,6 @@ import numpy as np
 from ..reference import logme as ref
 from . import Metric
 
-
 # Eigenvalues below these fractions of the largest are rounding, set to exactly 0: a
 # formed Gram's (float64) resolve ``eps * sigma_max``, an SVD's singular values
 # ``eps * sqrt(sigma_max)``. The reference keeps them, which is harmless while ``t``
