@@ -10,16 +10,27 @@ vector of ``C`` states, for the reference's ``MAX_ITER`` steps, each class froze
 by a mask once the reference would have stopped (``t = alpha / beta`` moved by at
 most ``TOL`` relative), so the result is the reference's early stop.
 
-Routes (static, from the padded shape): ``N >= D`` eigendecomposes the ``D x D``
-Gram (the reference's ``N > D`` route, same residual formula); ``N < D`` the
-``N x N`` Gram ``F F^T`` (its non-zero spectrum is the same, the ``D - N`` others
-add ``log1p(0) = 0``), with the residual summed over its complete eigenbasis, the
-reference's SVD-route formula, free of cancellation. ``F F^T`` does not see
-zero-padded columns at all, and its eigenvalues beyond the true rank bound
-``min(N, D_m)`` are zeroed. In the ``D x D`` route the padded columns get ``-1``
-on the diagonal: their eigenvalues are ``-1``, clipped to exactly 0, so rounding
-in the padded block cannot pose as a tiny real direction (which would count
-fully where ``t`` is tiny, as on huge features where epsilon pins ``alpha``).
+Routes (static, from the padded shape and dtype):
+
+* ``N < D``: the SVD of ``F^T`` (the reference's ``N <= D`` route), whose right
+  singular vectors are ``F``'s complete ``N x N`` left basis ``U``: ``w_i^2 =
+  sigma_i (U^T y)_i^2`` and the residual is ``sum_i (U^T y)_i^2 (t / (sigma_i +
+  t))^2``, free of cancellation; zero-padded columns are zero rows, unseen.
+* ``N >= D``, float64: the eigendecomposition of the ``D x D`` Gram ``F^T F`` (the
+  reference's ``N > D`` route and residual formula ``||y||^2 - sum_i w_i^2
+  (sigma_i + 2 t) / (sigma_i + t)^2``).
+* ``N >= D``, float32: the SVD of ``F`` instead of the Gram. The Gram is uncentred
+  (LogME has no intercept), so a column offset of 1e4 (regime "massive") puts a
+  ``N * 1e8`` eigenvalue beside ``O(N)`` ones (``sigma_max / sigma_min ~ 1e9``); a
+  float32 eigendecomposition of the formed Gram resolves eigenvalues only to
+  ``eps32 * sigma_max``, so the small directions are noise (their residual went
+  negative and the score NaN), while the SVD resolves singular values to
+  ``eps32 * sqrt(sigma_max)``: 1e-3 relative on that regime.
+
+In every route eigenvalues beyond the rank bound ``min(N, D_m)`` (zero-padded
+columns) and below a rounding floor (:data:`RCOND_EIGH`, :func:`_svd_floor`) are
+set to exactly 0 with their ``w``: the paper variant is invariant to zero
+directions (``log1p(0) = 0``), and rounding must not pose as a tiny real direction.
 
 Scale: LogME is not scale invariant (the start ``alpha = beta = 1`` and the
 ``epsilon`` in the updates are in the features' units), so the kernel keeps the
@@ -33,11 +44,9 @@ and ``alpha ||m||^2`` are unit-free) and ``alpha``'s update reads
 a form that stays finite on either side: with ``u = s^2``, the features' units
 (``u sigma_G``) when ``u <= 1``, the scaled ones at ``t_G = 1 / u`` when ``u > 1``.
 
-Numerics: the Gram is uncentred (LogME has no intercept), so a column offset of
-``1e4`` (regime "massive") puts a ``N * 1e8`` eigenvalue beside ``O(N)`` ones; a
-float32 eigendecomposition resolves eigenvalues only to ``eps * sigma_max`` and
-the small directions, and the score, come out visibly wrong there (measured in
-the tests' module notes). Float64 is exact to rounding on every regime.
+Float64 matches the reference to rounding on every regime (the reference's own
+Gram limits "massive" to ~1e-8); float32 errors per regime are in the tests'
+module notes.
 """
 
 from __future__ import annotations
@@ -73,8 +82,8 @@ def _pow2_exponent(x: jax.Array) -> jax.Array:
 def _spectrum(stats, xs: jax.Array, inv_s: jax.Array):
     """``(sigma (k,), w^2 (k, C), x^2 (k, C) or None)`` of the scaled features ``xs``.
 
-    ``sigma`` decreasing, zero beyond the rank bound ``min(N, D_m)`` (with the ``w^2``
-    there: rounding that a tiny ``t`` would count in full). ``x^2``, the targets'
+    ``sigma`` decreasing, zero (with its ``w^2``) beyond the rank bound ``min(N, D_m)``
+    and below the rounding floor: rounding that a tiny ``t`` would count in full. ``x^2``, the targets'
     squared coordinates in a complete left eigenbasis, comes with the ``N x N``
     route, whose residual is summed from it; None for the ``D x D`` routes.
     """
