@@ -139,3 +139,36 @@ def test_plot_draws_every_metric(scored, tmp_path):
     assert cli.main(["plot", str(out), "--truth", "group1:cifar10", "--out", str(tmp_path)]) == 0
     for name in ("ranking.png", "metrics_vs_truth.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metrics_that_read_logits_use_the_stores(scored, tmp_path, capsys):
+    import ncti_jax
+
+    store, _, feats, y = scored
+    rng = np.random.default_rng(8)
+    (store / "logits").mkdir(exist_ok=True)
+    logits = {}
+    try:
+        for name, x in feats.items():
+            logits[name] = (x @ rng.normal(size=(x.shape[1], 7))).astype(np.float32)
+            np.save(store / "logits" / f"{name}.npy", logits[name])
+        out = tmp_path / "out"
+        rc = cli.main(["score", str(store), "--metrics", "leep,nce", "--out", str(out), "-q"])
+        assert rc == 0
+        want = ncti_jax.score_metrics(feats, y, metrics="leep,nce", logits=logits)
+        for metric in ("leep", "nce"):
+            got = io.read_scores(out, metric)
+            np.testing.assert_allclose(
+                [got[m] for m in want.models], want[metric].values, rtol=1e-6
+            )
+        capsys.readouterr()
+        (store / "logits" / f"{GROUP1[2]}.npy").unlink()
+        (store / "logits" / f"{GROUP1[5]}.npy").unlink()
+        rc = cli.main(["score", str(store), "--metrics", "leep", "--out", str(tmp_path / "o2")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "Traceback" not in err[0]
+        assert GROUP1[2] in err[0] and GROUP1[5] in err[0] and "--with-logits" in err[0]
+    finally:
+        for f in (store / "logits").iterdir():
+            f.unlink()
+        (store / "logits").rmdir()
