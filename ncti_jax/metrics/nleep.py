@@ -94,28 +94,47 @@ def _sq_distances(z: jax.Array, sq: jax.Array, centres: jax.Array) -> jax.Array:
     return jnp.maximum(d2, 0.0)
 
 
-def kmeans_plusplus(z: jax.Array, n_clusters: int, key: jax.Array) -> jax.Array:
-    """Greedy k-means++ seeding as the reference's: (K,) indices of the chosen samples."""
+def seeding_draws(seed: int, n: int, n_clusters: int) -> tuple[int, np.ndarray]:
+    """The reference's k-means++ random draws for ``seed``: the first centre's index and
+    the (K - 1, trials) uniforms, in the order it takes them from its generator.
+
+    They do not depend on the data, so they are made while tracing (constants of the
+    compiled kernel, no host round trip), and the kernel's seeding is the reference's.
+    """
+    rng = np.random.default_rng(seed)
+    trials = 2 + int(np.log(n_clusters))
+    first = int(rng.integers(n))
+    draws = np.array([rng.random(trials) for _ in range(n_clusters - 1)])
+    return first, draws.reshape(n_clusters - 1, trials)
+
+
+def kmeans_plusplus(z: jax.Array, first, draws) -> jax.Array:
+    """Greedy k-means++ seeding as the reference's, from its draws
+    (:func:`seeding_draws`): (K,) indices of the chosen samples.
+
+    Where every sample already sits on a centre (fewer distinct samples than clusters)
+    the reference draws integers instead of uniforms, which shifts its stream: here
+    the uniform picks the sample ``floor(u N)``, and the two seedings part from there.
+    """
     n = z.shape[0]
-    trials = 2 + int(math.log(n_clusters))
     sq = jnp.sum(z**2, axis=1)
-    first_key, key = jax.random.split(key)
-    first = jax.random.randint(first_key, (), 0, n)
+    draws = jnp.asarray(draws, z.dtype)
     closest = _sq_distances(z, sq, z[first][None])[:, 0]
 
-    def step(closest, key):
-        draw_key, any_key = jax.random.split(key)
+    def step(closest, u):
         total = jnp.sum(closest)
-        u = jax.random.uniform(draw_key, (trials,), z.dtype)
-        drawn = jnp.minimum(jnp.searchsorted(jnp.cumsum(closest), u * total), n - 1)
-        # Fewer distinct points than clusters: any point will do.
-        picks = jnp.where(total > 0, drawn, jax.random.randint(any_key, (trials,), 0, n))
+        # NumPy's searchsorted (side="left"): how many cumulative sums lie below.
+        below = jnp.cumsum(closest)[None, :] < (u * total)[:, None]
+        drawn = jnp.sum(below, axis=1)
+        anywhere = jnp.floor(u * n).astype(drawn.dtype)
+        picks = jnp.minimum(jnp.where(total > 0, drawn, anywhere), n - 1)
         cand = jnp.minimum(closest[None, :], _sq_distances(z, sq, z[picks]).T)
         best = jnp.argmin(jnp.sum(cand, axis=1))
         return cand[best], picks[best]
 
-    _, rest = jax.lax.scan(step, closest, jax.random.split(key, n_clusters - 1))
-    return jnp.concatenate([first[None], rest]).astype(jnp.int32)
+    _, rest = jax.lax.scan(step, closest, draws)
+    first = jnp.asarray(first, jnp.int32)
+    return jnp.concatenate([first[None], rest.astype(jnp.int32)])
 
 
 def lloyd(
@@ -271,7 +290,7 @@ def fit(
     samples the k-means started from (what the parity tests hand the reference)."""
     n_components = component_ratio * stats.n_classes
     z, k, unit = principal_scores(stats)
-    init = kmeans_plusplus(z, n_components, jax.random.key(seed))
+    init = kmeans_plusplus(z, *seeding_draws(seed, stats.n, n_components))
     labels = lloyd(z, z[init], k)
     posteriors, bound, n_iter = gaussian_mixture(
         stats, z, k, labels, n_components, reg_covar / unit**2
