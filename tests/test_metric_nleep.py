@@ -9,6 +9,7 @@ the kernel's start where the two seedings may part (float32 distances).
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from metric_parity import kernel_values, reference_values
@@ -88,6 +89,17 @@ def test_float32_matches_reference(regime, rng):
     # Measured: <= 1.2e-6 relative, and 6e-8 absolute on the well separated models
     # (float32 rounding of log p near 1).
     assert close(got, reference_values("nleep", feats, y), 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("n_clusters", [30])
+def test_seeding_is_the_references(rng, x64, n_clusters):
+    """For any seed, the kernel's k-means++ picks the reference's centres (its draws are
+    the reference generator's, taken in the same order)."""
+    z = rng.normal(size=(60, 3)) * rng.uniform(0.1, 3.0, 3)
+    seed = int(rng.integers(1 << 31))
+    want = ref.kmeans_plusplus(z, n_clusters, np.random.default_rng(seed))
+    got = kernel.kmeans_plusplus(jnp.asarray(z), *kernel.seeding_draws(seed, 60, n_clusters))
+    np.testing.assert_array_equal(z[np.asarray(got)], want)
 
 
 def test_values_rank_separation(rng, x64):

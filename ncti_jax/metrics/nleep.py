@@ -7,7 +7,7 @@ The reference's pipeline, each step with static shapes:
    columns past ``k`` are zero; every later step masks them (a Gaussian's covariance is
    the identity there: no log-determinant, no Mahalanobis term, ``k`` in the
    normalising constant).
-2. k-means++ seeding (greedy, ``2 + floor(ln K)`` trials) from a JAX PRNG key, then
+2. k-means++ seeding (greedy, ``2 + floor(ln K)`` trials, the reference's draws), then
    Lloyd's iterations, then EM for a full-covariance mixture of ``K = 5 C`` Gaussians
    from the hard k-means labels, with the reference's regularisation, tolerances and
    iteration caps.
@@ -19,21 +19,32 @@ state is frozen (JAX selects its old carry) while the others go on, and the loop
 once every model has stopped, so each model's result is the reference's early stop,
 without paying ``max_iter`` iterations when none needs them.
 
-Seeding: NumPy's generator cannot be reproduced, so the k-means++ draws come from
-``jax.random.key(seed)`` (the same draws for every model: deterministic per model and
-seed) and the value is not the reference's for the same ``seed``; it is a draw of the
-same random variable. The parity tests hand the reference the kernel's k-means++ start
-(sample indices, which mean the same start whatever signs the two PCAs give their
-directions: ``reference.nleep(..., init_indices=)``), and from there the two agree to
-rounding. NLEEP varies with the seed: see ``tests/test_metric_nleep.py``.
+Seeding: the k-means++ draws do not depend on the data, so :func:`seeding_draws` takes
+them from the reference's own generator (``np.random.default_rng(seed)``, in the order it
+takes them) while tracing; they are constants of the compiled kernel (no host round trip,
+the same for every model). The kernel's seeding is then the reference's and its value
+the reference's for the same seed (0), rounding apart: the registered reference is the
+oracle. Only where every sample already sits on a centre (fewer distinct samples than
+5C) does the reference switch to integer draws, and the two seedings part.
+NLEEP itself varies with the seed (the k-means start): over seeds 0-9 on the tiny
+regimes its standard deviation is 0.01-0.04 (range up to 0.14) for models between chance
+and full separation, enough to swap models whose values are that close.
 
 Scale: the features are centred, then divided by a power of two near their largest
 entry (exact) and the regularisation ``reg_covar`` by its square, so float32 neither
 overflows (features ~1e18) nor underflows (~1e-20) in products, and every posterior,
-k-means decision and convergence test is the unscaled one's.
+k-means decision and convergence test is the unscaled one's. What float32 cannot do is
+resolve ``reg_covar`` itself where it is below the float32 rounding of a component's
+covariance (a component with fewer distinct points than ``k`` directions, on features of
+large spread: the massive and low-rank regimes): the Cholesky then fails (NaN) or, where
+it gets through, the value can be off by up to ~1e-2. Float64 resolves it except at
+~1e18, where the reference's Cholesky fails too (NaN, the same models).
 
 Memory: the responsibilities are (N, K); each EM step forms the K (W, W) covariances
-a chunk of components at a time (``_CHUNK``), never an (N, K, W) array whole.
+a chunk of components at a time (``_CHUNK``), never an (N, K, W) array whole. Cost: each
+EM step is ``2 K N W^2`` (covariances and Mahalanobis terms) at the static width ``W``,
+where the reference pays ``k^2``; the triangular inverses are plain JAX (see
+:func:`_lower_inverse`), the Choleskys ``stats.linalg``'s.
 """
 
 from __future__ import annotations
@@ -292,9 +303,9 @@ def fit(
     z, k, unit = principal_scores(stats)
     init = kmeans_plusplus(z, *seeding_draws(seed, stats.n, n_components))
     labels = lloyd(z, z[init], k)
-    posteriors, bound, n_iter = gaussian_mixture(
-        stats, z, k, labels, n_components, reg_covar / unit**2
-    )
+    # (sqrt(reg) / unit)^2: unit^2 alone under- or overflows float32 at scales 1e-20, 1e18.
+    reg_scaled = (math.sqrt(reg_covar) / unit) ** 2
+    posteriors, bound, n_iter = gaussian_mixture(stats, z, k, labels, n_components, reg_scaled)
     p = leep_terms(posteriors, stats)
     dtype = stats.dtype
     return {
