@@ -29,7 +29,9 @@ Algorithm, features ``X`` (N, D), labels ``y`` in ``0..C-1``:
 
 Parameters (keyword arguments of :func:`nleep`, the original's values as defaults):
 ``component_ratio`` 5, ``explained_variance`` 0.8, ``seed`` 0 (k-means++ seeding),
-``variant`` ``"paper"``, ``max_iter`` 100, ``tol`` 1e-3, ``reg_covar`` 1e-6.
+``variant`` ``"paper"``, ``max_iter`` 100, ``tol`` 1e-3, ``reg_covar`` 1e-6;
+``init_indices`` (default None): start the k-means from those samples instead of the
+seeded k-means++ (a start given by another implementation, whatever its PCA's signs).
 
 Zero-padded columns change nothing: they add no variance, so the PCA projection and
 everything after it are the same; the metric never uses D.
