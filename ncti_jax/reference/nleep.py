@@ -29,7 +29,9 @@ Algorithm, features ``X`` (N, D), labels ``y`` in ``0..C-1``:
 
 Parameters (keyword arguments of :func:`nleep`, the original's values as defaults):
 ``component_ratio`` 5, ``explained_variance`` 0.8, ``seed`` 0 (k-means++ seeding),
-``variant`` ``"paper"``, ``max_iter`` 100, ``tol`` 1e-3, ``reg_covar`` 1e-6.
+``variant`` ``"paper"``, ``max_iter`` 100, ``tol`` 1e-3, ``reg_covar`` 1e-6;
+``init_indices`` (default None): start the k-means from those samples instead of the
+seeded k-means++ (a start given by another implementation, whatever its PCA's signs).
 
 Zero-padded columns change nothing: they add no variance, so the PCA projection and
 everything after it are the same; the metric never uses D.
@@ -196,17 +198,21 @@ def gaussian_mixture(
     tol: float = GMM_TOL,
     reg_covar: float = REG_COVAR,
     init_labels: np.ndarray | None = None,
+    init_centres: np.ndarray | None = None,
 ) -> Mixture:
     """EM for a full-covariance Gaussian mixture, initialised from k-means labels.
 
-    ``init_labels`` (N,) in ``0..n_components-1`` replaces the seeded k-means. The loop:
+    ``init_labels`` (N,) in ``0..n_components-1`` replaces the seeded k-means;
+    ``init_centres`` (n_components, d) replaces only its k-means++ seeding (Lloyd's
+    iterations start from them). The loop:
     E-step (mean log-likelihood ``L_t``), M-step; stop once ``|L_t - L_{t-1}| < tol``;
     the posteriors returned are those of the final parameters.
     """
     z = np.asarray(z, dtype=np.float64)
     if init_labels is None:
-        rng = np.random.default_rng(seed)
-        init_labels = lloyd(z, kmeans_plusplus(z, n_components, rng))
+        if init_centres is None:
+            init_centres = kmeans_plusplus(z, n_components, np.random.default_rng(seed))
+        init_labels = lloyd(z, np.asarray(init_centres, dtype=np.float64))
     resp = np.eye(n_components)[init_labels]
     params = gaussian_parameters(z, resp, reg_covar)
     lower_bound, converged, n_iter = -np.inf, False, 0
@@ -247,11 +253,17 @@ def nleep(
     max_iter: int = GMM_MAX_ITER,
     tol: float = GMM_TOL,
     reg_covar: float = REG_COVAR,
+    init_indices: np.ndarray | None = None,
 ) -> float:
     """NLEEP of one model's (N, D) features (higher: more transferable).
 
     ``variant="paper"``: mean log-likelihood of the labels (the papers' definition);
     ``"repository"``: mean likelihood, as ``metrics.py`` computes it.
+    ``init_indices`` (``component_ratio * C``,) sample indices: the k-means starts from
+    those samples' projections instead of its seeded k-means++ (``seed`` is then unused).
+    Indices, not coordinates, because they mean the same start whatever signs or rotation
+    another PCA gives its directions: how a differently seeded implementation (the JAX
+    kernel, :mod:`ncti_jax.metrics.nleep`) is compared with this one from one start.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -264,5 +276,6 @@ def nleep(
         max_iter=max_iter,
         tol=tol,
         reg_covar=reg_covar,
+        init_centres=None if init_indices is None else z[np.asarray(init_indices)],
     )
     return leep_from_posteriors(mixture.posteriors, y, n_classes, variant)
