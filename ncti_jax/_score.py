@@ -9,6 +9,7 @@ and :func:`ncti_jax._result.finish` normalises the whole zoo.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
@@ -400,12 +401,18 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
     from . import metrics as registry
 
     fields = [(m, f) for m in names for f in registry.get(m).fields]
+    # One compiled call per dtype: the run's, and float64 for the metrics that need it.
+    groups: dict[np.dtype, tuple[str, ...]] = {}
+    for name in names:
+        dtype = np.dtype(registry.get(name).dtype or run.dtype)
+        groups[dtype] = (*groups.get(dtype, ()), name)
+    layouts = {run.dtype: run.layout}
     keys = [f"{m}__{f}" for m, f in fields]
     s_max = None
     if logits is not None:
         s_max = _shard.agree_max(max(int(a.shape[1]) for a in logits.values()))
     per_device = metrics_models_per_device(
-        run, s_max, memory_limit, widest=max(run.dims, key=run.dims.get)
+        run, names, s_max, memory_limit, widest=max(run.dims, key=run.dims.get)
     )
     per_call = per_device * len(run.local_devices)
     store = None
@@ -423,7 +430,18 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
         bar = _progress(progress, len(run.features), initial=len(run.features) - len(todo))
         for call in range(n_calls):
             batch = todo[call * per_call : (call + 1) * per_call]
-            out = _shard.local_rows(_metrics_batch(run, names, batch, per_call, logits, s_max))
+            out = {}
+            for dtype, group in groups.items():
+                with jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext():
+                    layout = layouts.get(dtype)
+                    if layout is None:
+                        layout = layouts[dtype] = _shard.replicate(
+                            class_layout(run.labels, dtype), run.mesh
+                        )
+                    call_out = _metrics_batch(
+                        run, group, batch, per_call, logits, s_max, dtype, layout
+                    )
+                    out.update(_shard.local_rows(call_out))
             for j, model in enumerate(batch):
                 done[model] = {k: out[m][f][j] for k, (m, f) in zip(keys, fields, strict=True)}
             if store is not None and batch:
@@ -445,9 +463,13 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
     return out
 
 
-def metrics_models_per_device(run: _Run, s_max: int | None, memory_limit, *, widest: str) -> int:
+def metrics_models_per_device(
+    run: _Run, names, s_max: int | None, memory_limit, *, widest: str
+) -> int:
     """Models per device per call for the metrics' kernels, from their memory estimate."""
-    itemsize = np.dtype(run.dtype).itemsize
+    from . import metrics as registry
+
+    itemsize = max(np.dtype(registry.get(m).dtype or run.dtype).itemsize for m in names)
     per_model = metrics_bytes(run.n, run.d_max, s_max or 0, run.labels.n_classes, itemsize)
     budget = device_budget(run.local_devices[0], memory_limit)
     want = -(-max(len(run.features), 1) // len(run.local_devices))
@@ -463,22 +485,21 @@ def metrics_models_per_device(run: _Run, s_max: int | None, memory_limit, *, wid
     return max(1, min(want, budget // per_model))
 
 
-def _metrics_batch(run, names, batch, per_call, logits, s_max):
-    """One compiled call of every metric in ``names`` on ``batch``, padded with dummies."""
+def _metrics_batch(run, names, batch, per_call, logits, s_max, dtype, layout):
+    """One compiled call of every metric in ``names`` on ``batch``, padded with dummies,
+    in ``dtype`` (``layout``: the labels' arrays in that dtype)."""
     pad = per_call - len(batch)
     arrays = [run.features[m] for m in batch]
-    x = stack_zoo(arrays, run.dtype, d_max=run.d_max, n_models=per_call, n=run.n)
+    x = stack_zoo(arrays, dtype, d_max=run.d_max, n_models=per_call, n=run.n)
     cols = np.array([run.dims[m] for m in batch] + [1] * pad, np.int32)
     lg = n_lg = None
     if logits is not None:
-        lg = stack_zoo(
-            [logits[m] for m in batch], run.dtype, d_max=s_max, n_models=per_call, n=run.n
-        )
+        lg = stack_zoo([logits[m] for m in batch], dtype, d_max=s_max, n_models=per_call, n=run.n)
         n_lg = np.array([logits[m].shape[1] for m in batch] + [1] * pad, np.int32)
     put = [None if a is None else _shard.put_models(a, run.mesh) for a in (x, cols, lg, n_lg)]
     return zoo_metrics(
         *put,
-        run.layout,
+        layout,
         names=names,
         precision=run.precision,
         linalg=run.plan.linalg,

@@ -54,6 +54,9 @@ class Metric:
         NumPy value of one unpadded model: the oracle of the parity tests.
       needs_logits: the kernel reads the source classifier's logits.
       summary: one line for ``--help`` and the README.
+      dtype: ``"float64"`` for a metric computed in float64 whatever the run's dtype
+        (its float32 form is not accurate enough to rank by; see its module); None
+        computes it in the run's dtype.
       combine: for a metric defined over the zoo (e.g. ETran's weighted sum of parts
         normalised across models): ``combine({field: (M,) float64}) -> (M,)`` values,
         on the host; None when the kernel's ``"value"`` is the metric.
@@ -66,6 +69,7 @@ class Metric:
     needs_logits: bool = False
     summary: str = ""
     combine: Callable[[dict[str, Any]], Any] | None = None
+    dtype: str | None = None
 
     def values(self, fields: dict[str, Any]) -> Any:
         """(M,) the metric of each model from the kernel's per-model ``fields``."""

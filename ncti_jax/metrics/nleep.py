@@ -37,8 +37,10 @@ k-means decision and convergence test is the unscaled one's. What float32 cannot
 resolve ``reg_covar`` itself where it is below the float32 rounding of a component's
 covariance (a component with fewer distinct points than ``k`` directions, on features of
 large spread: the massive and low-rank regimes): the Cholesky then fails (NaN) or, where
-it gets through, the value can be off by up to ~1e-2. Float64 resolves it except at
-~1e18, where the reference's Cholesky fails too (NaN, the same models).
+it gets through, the value can be off by up to ~1e-2 with nothing to show it. So the
+engine computes NLEEP in float64 whatever the run's dtype (``Metric.dtype``; a
+separate compiled call under ``jax.enable_x64``). Float64 resolves it except at ~1e18,
+where the reference's Cholesky fails too (NaN, the same models).
 
 Memory: the responsibilities are (N, K); each EM step forms the K (W, W) covariances
 a chunk of components at a time (``_CHUNK``), never an (N, K, W) array whole. Cost: each
@@ -336,6 +338,7 @@ METRICS = (
         nleep,
         _ref_nleep,
         fields=("value", "likelihood", "log_likelihood", "pca_components", "em_iterations"),
+        dtype="float64",
         summary="NLEEP (Li et al. 2021): LEEP over a 5C-Gaussian mixture on 80%-variance PCA "
         "(seeded k-means; the value varies with the seed)",
     ),
