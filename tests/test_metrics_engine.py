@@ -97,7 +97,8 @@ def test_constant_features_get_the_references_value(rng):
     y = labels(rng, 200, 3)
     feats = {"good": model_features(rng, y, 16, 0.1), "constant": np.ones((200, 16), np.float32)}
     result = ncti_jax.score_metrics(feats, y, metrics="hscore")["hscore"]
-    np.testing.assert_allclose(result.values, reference_values("hscore", feats, y), atol=1e-6)
+    # float32 against the float64 reference (see test_metric_hscore for the tolerances).
+    np.testing.assert_allclose(result.values, reference_values("hscore", feats, y), rtol=1e-4)
     assert result.best() == "good"
 
 
