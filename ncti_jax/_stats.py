@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from ._linalg import Linalg
 from ._pad import ClassLayout
+from ._pca import power_of_two_scale
 
 
 class ModelStats:
@@ -141,6 +142,32 @@ class ModelStats:
         formed from the class-centred rows (no cancellation against the total)."""
         xw = self.x - self.class_means[self.codes]
         return xw.T @ xw
+
+    @functools.cached_property
+    def scale(self) -> jax.Array:
+        """A power of two near the largest ``|centred|`` (1 for constant features).
+
+        :attr:`unit_centred` is divided by it (exactly) so that no product of the
+        features under- or overflows at any scale the dtype holds (1e-20 to 1e18 in
+        float32); metrics whose value depends on the scale carry ``scale**2`` back in.
+        """
+        return power_of_two_scale(jnp.max(jnp.abs(self.centred)))
+
+    @functools.cached_property
+    def unit_centred(self) -> jax.Array:
+        """(N, D) :attr:`centred` divided by :attr:`scale` (entries at most 1 in size)."""
+        return self.centred / self.scale
+
+    @functools.cached_property
+    def unit_svd(self) -> tuple[jax.Array, jax.Array]:
+        """Singular values (D,) (decreasing, zero past ``min(N, D)``) and right singular
+        vectors (D, D) of :attr:`unit_centred`, by a direct SVD.
+
+        Unlike the eigenvalues of a formed scatter (accurate to ``eps * s_max**2``), these
+        resolve small directions to ``eps * s_max``: in float32 a direction with 1e-6 of the
+        largest variance is still there. Padded columns add zero singular values.
+        """
+        return self.linalg.svd(self.unit_centred)
 
     # -- the source classifier ------------------------------------------------------
     @property
