@@ -155,19 +155,29 @@ class ModelStats:
 
     @functools.cached_property
     def unit_centred(self) -> jax.Array:
-        """(N, D) :attr:`centred` divided by :attr:`scale` (entries at most 1 in size)."""
-        return self.centred / self.scale
+        """(N, D) :attr:`centred`, centred once more, divided by :attr:`scale` (entries about
+        1 at most).
+
+        The second pass removes the rounding of the first mean (``~eps |mean|`` per column),
+        a rank-one offset ``1 delta^T`` that against a column offset of 1e4 is a spurious
+        direction of variance ~1e-6 in float32 (and makes constant features non-constant);
+        what is left is at the rounding of the spread.
+        """
+        xc = self.centred
+        return (xc - jnp.mean(xc, axis=0)) / self.scale
 
     @functools.cached_property
     def unit_svd(self) -> tuple[jax.Array, jax.Array]:
-        """Singular values (D,) (decreasing, zero past ``min(N, D)``) and right singular
-        vectors (D, D) of :attr:`unit_centred`, by a direct SVD.
+        """Singular values (m,) (decreasing) and right singular vectors (D, m) of
+        :attr:`unit_centred`, ``m = min(N, D)`` (static), by a direct SVD.
 
         Unlike the eigenvalues of a formed scatter (accurate to ``eps * s_max**2``), these
         resolve small directions to ``eps * s_max``: in float32 a direction with 1e-6 of the
         largest variance is still there. Padded columns add zero singular values.
         """
-        return self.linalg.svd(self.unit_centred)
+        m = min(self.n, self.width)
+        s, v = self.linalg.svd(self.unit_centred)
+        return s[:m], v[:, :m]
 
     # -- the source classifier ------------------------------------------------------
     @property

@@ -18,8 +18,8 @@ Route: the PCA is the direct SVD :attr:`ncti_jax._stats.ModelStats.unit_svd`, sh
 TransRate (a formed float32 scatter resolves variances only to ``eps * variance_0``: with
 massive activations it could not tell directions of variance 0.03 from null ones and
 dropped five of 48 that the reference keeps). The directions kept are those the reference
-keeps, ``variance > 16 eps max(variance_0, max mean^2)``, with float64's ``eps`` (in
-float32, ``eps32^2``: the float32 SVD and centring leave null directions at that level).
+keeps, ``variance > 16 eps max(variance_0, max mean^2)`` with float64's ``eps`` (in float32
+also above ``64 eps32^2 variance_0``, where its SVD leaves null directions).
 Directions beyond ``k'`` or below that floor are zeroed and excluded from the means over
 directions. The features are divided by a power of two first; the absolute variance floor
 ``1e-4`` is carried into those units (and clamped into the dtype's range: floored variances
@@ -60,12 +60,13 @@ def principal_projection(stats, n_components: int) -> tuple[jax.Array, jax.Array
     var = s[:k] ** 2 / (n - 1)
     z = stats.unit_centred @ v[:, :k]
     # The reference's float64 floor: 16 eps of the top variance or of the largest squared
-    # mean (which centring rounds against), in the same units. In float32 the SVD and the
-    # centring leave null directions at (eps s_max)^2 and (eps mean)^2, above that floor:
-    # 16 eps32^2 then.
+    # mean (which centring rounds against), in the same units. A float32 SVD leaves null
+    # directions at (eps32 s_max)^2, above that: 64 eps32^2 variance_0 too. (Not the
+    # reference's eps mean^2 in float32 eps: the features are centred twice, and with
+    # column offsets of 1e4 that would drop real directions of variance 1e-5.)
     mean_sq = jnp.max((stats.mean / stats.scale) ** 2)
-    eps = max(float(np.finfo(np.float64).eps), float(np.finfo(stats.dtype).eps) ** 2)
-    floor = 16 * eps * jnp.maximum(var[0], mean_sq)
+    eps64, eps = float(np.finfo(np.float64).eps), float(np.finfo(stats.dtype).eps)
+    floor = jnp.maximum(16 * eps64 * jnp.maximum(var[0], mean_sq), 64 * eps**2 * var[0])
     k_model = jnp.minimum(min(n_components, n - 1), stats.n_cols)
     keep = (jnp.arange(k) < k_model) & (var > floor)
     return jnp.where(keep, z, 0.0), keep
@@ -79,8 +80,8 @@ def gbc(stats) -> dict:
     dev = z - means[stats.codes]
     var = jax.ops.segment_sum(dev * dev, stats.codes, num_segments=c) / counts
     # The absolute floor 1e-4 in units of scale**2, clamped into the range where the sums
-    # below stay finite (the scaled variances are at most k: a floor above that floors
-    # every variance, and all tie at the clamp exactly as at the floor).
+    # below stay finite (the scaled variances are at most D: a floor far above that floors
+    # every variance, and they all tie at the clamp as they do at the floor).
     info = jnp.finfo(dtype)
     floor = jnp.clip(
         VARIANCE_FLOOR / (stats.scale * stats.scale), info.tiny, info.max / (4 * z.shape[1])
