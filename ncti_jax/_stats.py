@@ -159,9 +159,10 @@ class ModelStats:
         1 at most).
 
         The second pass removes the rounding of the first mean (``~eps |mean|`` per column),
-        a rank-one offset ``1 delta^T`` that against a column offset of 1e4 is a spurious
-        direction of variance ~1e-6 in float32 (and makes constant features non-constant);
-        what is left is at the rounding of the spread.
+        a rank-one offset ``1 delta^T`` of variance ~1e-6 in float32 beside a column offset
+        of 1e4; what is left is at the rounding of the spread. (Not exactly zero for constant
+        features: XLA may recompute a mean inside each fusion that reads it, each rounded
+        its own way.)
         """
         xc = self.centred
         return (xc - jnp.mean(xc, axis=0)) / self.scale
