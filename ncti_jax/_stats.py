@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from ._linalg import Linalg
 from ._pad import ClassLayout
+from ._pca import power_of_two_scale
 
 
 class ModelStats:
@@ -141,6 +142,43 @@ class ModelStats:
         formed from the class-centred rows (no cancellation against the total)."""
         xw = self.x - self.class_means[self.codes]
         return xw.T @ xw
+
+    @functools.cached_property
+    def scale(self) -> jax.Array:
+        """A power of two near the largest ``|centred|`` (1 for constant features).
+
+        :attr:`unit_centred` is divided by it (exactly) so that no product of the
+        features under- or overflows at any scale the dtype holds (1e-20 to 1e18 in
+        float32); metrics whose value depends on the scale carry ``scale**2`` back in.
+        """
+        return power_of_two_scale(jnp.max(jnp.abs(self.centred)))
+
+    @functools.cached_property
+    def unit_centred(self) -> jax.Array:
+        """(N, D) :attr:`centred`, centred once more, divided by :attr:`scale` (entries about
+        1 at most).
+
+        The second pass removes the rounding of the first mean (``~eps |mean|`` per column),
+        a rank-one offset ``1 delta^T`` of variance ~1e-6 in float32 beside a column offset
+        of 1e4; what is left is at the rounding of the spread. (Not exactly zero for constant
+        features: XLA may recompute a mean inside each fusion that reads it, each rounded
+        its own way.)
+        """
+        xc = self.centred
+        return (xc - jnp.mean(xc, axis=0)) / self.scale
+
+    @functools.cached_property
+    def unit_svd(self) -> tuple[jax.Array, jax.Array]:
+        """Singular values (m,) (decreasing) and right singular vectors (D, m) of
+        :attr:`unit_centred`, ``m = min(N, D)`` (static), by a direct SVD.
+
+        Unlike the eigenvalues of a formed scatter (accurate to ``eps * s_max**2``), these
+        resolve small directions to ``eps * s_max``: in float32 a direction with 1e-6 of the
+        largest variance is still there. Padded columns add zero singular values.
+        """
+        m = min(self.n, self.width)
+        s, v = self.linalg.svd(self.unit_centred)
+        return s[:m], v[:, :m]
 
     # -- the source classifier ------------------------------------------------------
     @property
