@@ -27,7 +27,7 @@ from ._kernel import RAW_FIELDS, RawComponents, zoo_components, zoo_projected_co
 from ._pad import ClassLayout, class_layout, stack_zoo
 from ._plan import Plan, device_budget, format_bytes, make_plan, metrics_bytes
 from ._result import MetricResult, NCTIResult, ZooMetrics, finish
-from ._stream import device_pca, host_pca
+from ._stream import RowChunks, device_pca, host_pca
 from .defaults import CHUNK_ROWS, N_COMPONENTS, PRECISIONS, STRATEGIES
 
 
@@ -383,6 +383,13 @@ def score_metrics(
         memory_limit=_validate.check_memory_limit(memory_limit),
         rows=_validate.check_positive_int(chunk_rows, "chunk_rows"),
     )
+    chunked = [m for m, x in run.features.items() if isinstance(x, RowChunks)]
+    if others and chunked:
+        raise TypeError(
+            f"metrics {', '.join(others)} need whole feature arrays; model(s) {chunked[:5]} "
+            "are RowChunks, which only NCTI streams. Pass arrays (memory-mapped .npy files "
+            "are read once, in place)."
+        )
     needs = [m for m in others if registry.get(m).needs_logits]
     source = _validate.check_logits(logits, tuple(run.features), run.n, needs)
     results: dict[str, MetricResult] = {}
@@ -401,12 +408,7 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
     from . import metrics as registry
 
     fields = [(m, f) for m in names for f in registry.get(m).fields]
-    # One compiled call per dtype: the run's, and float64 for the metrics that need it.
-    groups: dict[np.dtype, tuple[str, ...]] = {}
-    for name in names:
-        dtype = np.dtype(registry.get(name).dtype or run.dtype)
-        groups[dtype] = (*groups.get(dtype, ()), name)
-    layouts = {run.dtype: run.layout}
+    groups = _groups(run, names)
     keys = [f"{m}__{f}" for m, f in fields]
     s_max = None
     if logits is not None:
@@ -431,16 +433,13 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
         for call in range(n_calls):
             batch = todo[call * per_call : (call + 1) * per_call]
             out = {}
-            for dtype, group in groups.items():
-                with jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext():
-                    layout = layouts.get(dtype)
-                    if layout is None:
-                        layout = layouts[dtype] = _shard.replicate(
-                            class_layout(run.labels, dtype), run.mesh
-                        )
-                    call_out = _metrics_batch(
-                        run, group, batch, per_call, logits, s_max, dtype, layout
-                    )
+            for group in groups:
+                wide = group.dtype == np.float64
+                with jax.enable_x64(True) if wide else contextlib.nullcontext():
+                    if group.layout is None:
+                        layout = class_layout(group.labels, group.dtype)
+                        group.layout = _shard.replicate(layout, run.mesh)
+                    call_out = _metrics_batch(run, group, batch, per_call, logits, s_max)
                     out.update(_shard.local_rows(call_out))
             for j, model in enumerate(batch):
                 done[model] = {k: out[m][f][j] for k, (m, f) in zip(keys, fields, strict=True)}
@@ -485,26 +484,69 @@ def metrics_models_per_device(
     return max(1, min(want, budget // per_model))
 
 
-def _metrics_batch(run, names, batch, per_call, logits, s_max, dtype, layout):
-    """One compiled call of every metric in ``names`` on ``batch``, padded with dummies,
-    in ``dtype`` (``layout``: the labels' arrays in that dtype)."""
+@dataclasses.dataclass
+class _Group:
+    """Metrics that share one compiled call per batch: one dtype, the same rows."""
+
+    names: tuple[str, ...]
+    dtype: np.dtype
+    rows: np.ndarray | None  # the rows scored (None: all of them)
+    labels: _validate.Labels  # of those rows
+    layout: ClassLayout | None = None  # on the mesh, made at the first call
+
+
+def _groups(run: _Run, names: tuple[str, ...]) -> list[_Group]:
+    """The run's metrics grouped by dtype (the run's, or float64 for a metric that needs
+    it) and by the rows they score (all, or a metric's sample)."""
+    from . import metrics as registry
+
+    groups: dict[tuple, _Group] = {}
+    for name in names:
+        metric = registry.get(name)
+        dtype = np.dtype(metric.dtype or run.dtype)
+        rows = None if metric.sample is None else metric.sample(run.labels.codes)
+        key = (dtype.str, None if rows is None else np.asarray(rows).tobytes())
+        if key not in groups:
+            labels = run.labels
+            if rows is not None:
+                rows = np.asarray(rows)
+                labels = _validate.check_labels(run.labels.codes[rows])
+            groups[key] = _Group((), dtype, rows, labels)
+        groups[key].names += (name,)
+    return list(groups.values())
+
+
+def _metrics_batch(run, group: _Group, batch, per_call, logits, s_max):
+    """One compiled call of the ``group``'s metrics on ``batch``, padded with dummies."""
     pad = per_call - len(batch)
-    arrays = [run.features[m] for m in batch]
-    x = stack_zoo(arrays, dtype, d_max=run.d_max, n_models=per_call, n=run.n)
+    rows, n = group.rows, group.labels.n_samples
+
+    def take(a):
+        return a if rows is None else a[rows]
+
+    arrays = [take(run.features[m]) for m in batch]
+    x = stack_zoo(arrays, group.dtype, d_max=run.d_max, n_models=per_call, n=n)
     cols = np.array([run.dims[m] for m in batch] + [1] * pad, np.int32)
     lg = n_lg = None
-    if logits is not None:
-        lg = stack_zoo([logits[m] for m in batch], dtype, d_max=s_max, n_models=per_call, n=run.n)
+    if logits is not None and any(metrics_need_logits(group.names)):
+        source = [take(logits[m]) for m in batch]
+        lg = stack_zoo(source, group.dtype, d_max=s_max, n_models=per_call, n=n)
         n_lg = np.array([logits[m].shape[1] for m in batch] + [1] * pad, np.int32)
     put = [None if a is None else _shard.put_models(a, run.mesh) for a in (x, cols, lg, n_lg)]
     return zoo_metrics(
         *put,
-        layout,
-        names=names,
+        group.layout,
+        names=group.names,
         precision=run.precision,
         linalg=run.plan.linalg,
         mesh=run.mesh,
     )
+
+
+def metrics_need_logits(names) -> list[bool]:
+    from . import metrics as registry
+
+    return [registry.get(m).needs_logits for m in names]
 
 
 def _logit_digests(logits) -> dict[str, str] | None:

@@ -57,6 +57,10 @@ class Metric:
       dtype: ``"float64"`` for a metric computed in float64 whatever the run's dtype
         (its float32 form is not accurate enough to rank by; see its module); None
         computes it in the run's dtype.
+      sample: for a metric that scores a subsample of the rows (PARC above its sample
+        cap): ``sample(codes) -> sorted row indices`` (or None for all rows), drawn
+        from the labels alone, once for the whole zoo; the driver runs the kernel on
+        those rows of every model.
       combine: for a metric defined over the zoo (e.g. ETran's weighted sum of parts
         normalised across models): ``combine({field: (M,) float64}) -> (M,)`` values,
         on the host; None when the kernel's ``"value"`` is the metric.
@@ -70,6 +74,7 @@ class Metric:
     summary: str = ""
     combine: Callable[[dict[str, Any]], Any] | None = None
     dtype: str | None = None
+    sample: Callable[[Any], Any] | None = None
 
     def values(self, fields: dict[str, Any]) -> Any:
         """(M,) the metric of each model from the kernel's per-model ``fields``."""
