@@ -32,6 +32,8 @@ import numpy as np
 from ..reference import sfda as ref
 from . import Metric
 
+# Features whose spread is below this many ulps of their largest |mean| are constant.
+CONSTANT_ULPS = 64
 # Float32's smallest ridge, relative to tr(Sw): its rounding level (see fisher_probabilities).
 RIDGE32 = 16 * float(np.finfo(np.float32).eps)
 
@@ -106,7 +108,18 @@ def sfda(stats) -> dict:
     w = _true_class(q, stats)[:, None]
     mixed = w * x + (1.0 - w) * others[stats.codes]
     p2, _ = fisher_probabilities(mixed, stats, shrinkage)
-    return {"value": jnp.mean(_true_class(p2, stats)), "shrinkage": shrinkage}
+    # Constant features (S = 0 for every shrinkage) or Sw 1 = 0 (the power iteration
+    # divides 0 by 0): the reference raises. Say NaN explicitly: XLA:CPU's batched
+    # matmuls skip zero operands, so a NaN need not reach the value by itself. Constant
+    # means: the spread is at the rounding level of the values (the centring of a
+    # constant column leaves ~eps * |mean|, which the scaling would blow up to O(1)).
+    spread = jnp.max(jnp.abs(stats.centred))
+    ulp = float(jnp.finfo(stats.dtype).eps)
+    constant = spread <= CONSTANT_ULPS * ulp * jnp.max(jnp.abs(stats.mean))
+    sw_trace = jnp.sum((x - means[stats.codes]) ** 2)
+    bad = constant | ~(sw_trace > 0) | ~jnp.isfinite(shrinkage)
+    value = jnp.where(bad, jnp.nan, jnp.mean(_true_class(p2, stats)))
+    return {"value": value, "shrinkage": jnp.where(bad, jnp.nan, shrinkage)}
 
 
 def _ref_sfda(features, labels, logits=None) -> float:

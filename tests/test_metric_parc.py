@@ -1,0 +1,95 @@
+"""PARC kernel against its float64 reference, on every regime; the driver's subsample."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from metric_parity import kernel_values, reference_values, rel_err
+
+from ncti_jax import regimes
+from ncti_jax._stats import ModelStats
+from ncti_jax.metrics import parc as kernel
+from ncti_jax.reference import parc as ref
+
+NAME = "parc"
+
+
+@pytest.mark.parametrize("regime", sorted(regimes.REGIMES))
+def test_float64_matches_reference(regime, rng, x64):
+    feats, y = regimes.make(regime, rng, size="tiny")
+    got = kernel_values(NAME, feats, y, pad=3)[NAME]
+    want = reference_values(NAME, feats, y)
+    # Worst measured 1e-14, except "low-rank": its duplicated rows make ~57 pairs of
+    # dissimilarity exactly 0, which both sides compute as rounding noise (0, 1.1e-16,
+    # 2.2e-16, ...), so the average ranks inside that tie group differ (worst 7.4e-7
+    # over 25 seeds).
+    tol = 1e-5 if regime == "low-rank" else 1e-11
+    assert rel_err(got, want) < tol, (got, want)
+
+
+def test_component_count_matches_reference(rng, x64):
+    for regime in ("low-rank", "fewshot-wide"):  # k below 32: rank 5 and 20; N - 1 = 29
+        feats, y = regimes.make(regime, rng, size="tiny")
+        got = kernel_values(NAME, feats, y, pad=3, field="n_components")[NAME]
+        want = [
+            ref.principal_components(np.float64(x), ref.N_DIMS).shape[1] for x in feats.values()
+        ]
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("regime", ["collapsed", "huge-scale", "tiny-scale"])
+def test_float32_matches_reference(regime, rng):
+    # Measured worst 3.4e-6 (8 seeds); PARC ranks 80k dissimilarities that float32 resolves
+    # to ~1e-7, so neighbours a few ulps apart swap. (At chance, PARC ~ 0: the absolute
+    # error stays ~1e-5, the relative one does not; see the next test.)
+    feats, y = regimes.make(regime, rng, size="tiny")
+    got = kernel_values(NAME, feats, y, dtype=np.float32, pad=3)[NAME]
+    assert rel_err(got, reference_values(NAME, feats, y)) < 1e-4
+
+
+def test_float32_near_zero_is_accurate_in_absolute_terms(rng):
+    feats, y = regimes.make("chance", rng, size="tiny")
+    got = kernel_values(NAME, feats, y, dtype=np.float32, pad=3)[NAME]
+    assert np.max(np.abs(got - reference_values(NAME, feats, y))) < 1e-3  # PARC is in percent
+
+
+def test_ranking_follows_class_separation(rng, x64):
+    # Separations 0.4, 1.1, 2.5, 6.0: PARC about 11, 28, 32, 33, distinct.
+    feats, y = regimes.make("collapsed", rng, size="tiny")
+    got = kernel_values(NAME, feats, y, pad=3)[NAME]
+    want = reference_values(NAME, feats, y)
+    assert np.all(np.diff(want) > 0.1), want
+    assert np.all(np.diff(got) > 0.1), got
+
+
+def test_subsample_for_the_driver(rng, x64):
+    # The driver scores the rows of sample_rows(labels) when N exceeds the cap: the same
+    # seeded, stratified sample as the reference's, which scores the sampled rows.
+    feats, y = regimes.make("binary", rng, size="tiny")
+    assert kernel.sample_rows(y) is None  # 400 <= 15000: every row
+    rows = kernel.sample_rows(y, max_samples=150)
+    assert 140 <= rows.size <= 160
+    sampled = {m: x[rows] for m, x in feats.items()}
+    got = kernel_values(NAME, sampled, y[rows], pad=3)[NAME]
+    want = [ref.parc(np.float64(x), y, max_samples=150) for x in feats.values()]
+    assert rel_err(got, np.array(want)) < 1e-11, (got, want)
+
+
+def test_refuses_more_rows_than_the_reference_scores():
+    stats = ModelStats(jnp.zeros((ref.MAX_SAMPLES + 1, 2)), 2, None, None)
+    with pytest.raises(ValueError, match="sample_rows"):
+        kernel.parc(stats)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's mean of no columns
+def test_constant_features_give_nan(rng, x64):
+    # No direction of non-zero variance: the reference divides 0 by 0 (NaN); the kernel
+    # must say NaN too, and leave the other model of the batch alone.
+    feats, y = regimes.make("binary", rng, size="tiny")
+    x = next(iter(feats.values()))
+    zoo = {"constant": np.ones_like(x) * 3.0, "real": x}
+    got = kernel_values(NAME, zoo, y, pad=3)[NAME]
+    want = reference_values(NAME, zoo, y)
+    assert np.isnan(want[0]) and np.isnan(got[0])
+    assert rel_err(got[1:], want[1:]) < 1e-11
