@@ -55,12 +55,15 @@ def test_float32_matches_reference(regime, rng):
 
 
 def test_ranking_follows_class_separation(rng, x64):
-    # Separations 0.4, 1.1, 2.5, 6.0: PARC about 11, 28, 32, 33, distinct.
+    # Separations 0.4, 1.1, 2.5, 6.0: PARC about 11, 28, 32, 33 (the last two can come
+    # within 0.2 of each other, in either order): the kernel must order the models as
+    # the reference does, and the weakest model must be far below the others.
     feats, y = regimes.make("collapsed", rng, size="tiny")
     got = kernel_values(NAME, feats, y, pad=3)[NAME]
     want = reference_values(NAME, feats, y)
-    assert np.all(np.diff(want) > 0.1), want
-    assert np.all(np.diff(got) > 0.1), got
+    assert np.min(np.diff(np.sort(want))) > 1e-9, want  # distinct: the order is defined
+    np.testing.assert_array_equal(np.argsort(got), np.argsort(want))
+    assert want[1:].min() - want[0] > 5 and got[1:].min() - got[0] > 5, (got, want)
 
 
 def test_subsample_for_the_driver(rng, x64):

