@@ -46,12 +46,15 @@ def test_component_count_matches_reference(rng, x64):
 
 @pytest.mark.parametrize("regime", ["collapsed", "chance", "huge-scale", "tiny-scale"])
 def test_float32_matches_reference(regime, rng):
-    # Measured worst 3.4e-6 relative (8 seeds), 1.5e-5 absolute at chance (15 seeds):
-    # PARC ranks 80k dissimilarities that float32 resolves to ~1e-7, so neighbours a
-    # few ulps apart swap. The scaled regimes check that no 1e18 or 1e-20 square is formed.
+    # Measured: typically < 4e-6 relative (38 seeds of "collapsed"), 1.5e-5 absolute at
+    # chance (15 seeds); PARC ranks 80k dissimilarities that float32 resolves to ~1e-7.
+    # Worst seen 1.1e-4 (seed 382629174, "collapsed"): two of the top-32 eigenvalues 6e-4
+    # apart, so float32 eigenvectors rotate in their plane by ~eps * lam_0 / gap, and PARC
+    # standardises each component (it depends on the vectors, not just the subspace).
+    # The scaled regimes check that no 1e18 or 1e-20 square is formed.
     feats, y = regimes.make(regime, rng, size="tiny")
     got = kernel_values(NAME, feats, y, dtype=np.float32, pad=3)[NAME]
-    assert _percent_err(got, reference_values(NAME, feats, y)) < 1e-4
+    assert _percent_err(got, reference_values(NAME, feats, y)) < 2e-3
 
 
 def test_ranking_follows_class_separation(rng, x64):
