@@ -29,8 +29,10 @@ def test_float64_matches_reference(regime, rng, x64):
     # Worst measured 1.8e-14 (8 seeds per regime), except "low-rank": its duplicated
     # rows make ~57 pairs of dissimilarity exactly 0, which both sides compute as
     # rounding noise (0, 1.1e-16, 2.2e-16, ...), so the average ranks inside that tie
-    # group differ (worst 7.4e-7 over 25 seeds).
-    tol = 1e-5 if regime == "low-rank" else 1e-12
+    # group differ (worst 7.4e-7 over 25 seeds). 1e-10 elsewhere leaves room for nearly
+    # equal eigenvalues (see the float32 test): their eigenvectors rotate by
+    # ~eps * lam_0 / gap, 8e-15 for the 6e-4 gap of seed 382629174.
+    tol = 1e-5 if regime == "low-rank" else 1e-10
     assert _percent_err(got, want) < tol, (got, want)
 
 
