@@ -8,9 +8,10 @@ variance).
 Static shapes: ``Z`` has ``K = min(32, N - 1, padded D)`` columns and a mask of the
 kept ones (``j < min(32, N - 1, n_cols)`` and a variance above the reference's
 rounding floor); masked columns are zero and excluded from the row means. The PCA
-is the eigendecomposition of the D x D scatter of :attr:`ModelStats.scaled` when
-``N >= D`` (as the reference), else of the N x N Gram of the same rows (the
-reference takes an SVD there; both give the exact directions), with
+is the direct SVD of :attr:`ModelStats.unit_centred` (the centred features over a
+power of two, shared with other metrics; the reference takes the eigendecomposition
+of the formed scatter when ``N >= D``, an SVD otherwise: the same directions, and
+the SVD resolves small ones to ``eps * s_max`` rather than ``eps * s_max**2``), with
 scikit-learn's signs (largest |loading| of each direction positive; the row
 correlations of the standardised ``Z`` depend on them).
 
@@ -52,22 +53,13 @@ def sample_rows(labels, max_samples: int = ref.MAX_SAMPLES, seed: int = 0) -> np
 
 
 def _principal_scores(stats) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(z (N, K), variances (K,), axes (D, K))``: exact PCA scores of the scaled
-    features, variances (scaled units) decreasing, before the sign convention."""
-    xs = stats.scaled
-    n, width = xs.shape
-    k = min(ref.N_DIMS, n - 1, width)
-    if n >= width:
-        evals, evecs = stats.linalg.eigh(xs.T @ xs)
-        evals, axes = evals[::-1][:k], evecs[:, ::-1][:, :k]
-        z = xs @ axes
-    else:
-        evals, u = stats.linalg.eigh(xs @ xs.T)
-        evals, u = evals[::-1][:k], u[:, ::-1][:, :k]
-        sigma = jnp.sqrt(jnp.maximum(evals, 0.0))
-        z = u * sigma
-        axes = (xs.T @ u) / jnp.where(sigma > 0, sigma, 1.0)
-    return z, jnp.maximum(evals, 0.0) / (n - 1), axes
+    """``(z (N, K), variances (K,), axes (D, K))``: exact PCA scores of
+    :attr:`ModelStats.unit_centred`, variances (in its units) decreasing, before the
+    sign convention; from the shared direct SVD (:attr:`ModelStats.unit_svd`)."""
+    k = min(ref.N_DIMS, stats.n - 1, stats.width)
+    s, v = stats.unit_svd
+    axes = v[:, :k]
+    return stats.unit_centred @ axes, s[:k] ** 2 / (stats.n - 1), axes
 
 
 def _kept(stats, variances: jax.Array) -> jax.Array:
@@ -79,9 +71,9 @@ def _kept(stats, variances: jax.Array) -> jax.Array:
         mean2 = jnp.max((stats.mean / stats.scale) ** 2)
         floor = 16 * eps * jnp.maximum(variances[0], mean2)
     else:
-        # A formed float32 scatter resolves eigenvalues to ~eps * the top one; the
-        # reference's mean term (a float64 rounding level) would drop real directions
-        # of offset features at float32's eps.
+        # Directions with less than ~eps of the top variance carry mostly the rounding
+        # of float32 rows; the reference's mean term (a float64 rounding level) would
+        # drop real directions of offset features at float32's eps.
         floor = 16 * eps * variances[0]
     return (jnp.arange(variances.shape[0]) < k_true) & (variances > floor)
 
