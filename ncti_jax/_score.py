@@ -414,7 +414,7 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
     if logits is not None:
         s_max = _shard.agree_max(max(int(a.shape[1]) for a in logits.values()))
     per_device = metrics_models_per_device(
-        run, names, s_max, memory_limit, widest=max(run.dims, key=run.dims.get)
+        run, names, groups, s_max, memory_limit, widest=max(run.dims, key=run.dims.get)
     )
     per_call = per_device * len(run.local_devices)
     store = None
@@ -463,13 +463,17 @@ def _score_others(run, names, logits, checkpoint, memory_limit, progress) -> dic
 
 
 def metrics_models_per_device(
-    run: _Run, names, s_max: int | None, memory_limit, *, widest: str
+    run: _Run, names, groups, s_max: int | None, memory_limit, *, widest: str
 ) -> int:
     """Models per device per call for the metrics' kernels, from their memory estimate."""
     from . import metrics as registry
 
     itemsize = max(np.dtype(registry.get(m).dtype or run.dtype).itemsize for m in names)
     per_model = metrics_bytes(run.n, run.d_max, s_max or 0, run.labels.n_classes, itemsize)
+    for group in groups:  # what a metric needs beyond that, on the rows it scores
+        extra = [registry.get(m).memory for m in group.names if registry.get(m).memory]
+        itemsize = group.dtype.itemsize
+        per_model += sum(f(group.labels.n_samples, itemsize) for f in extra)
     budget = device_budget(run.local_devices[0], memory_limit)
     want = -(-max(len(run.features), 1) // len(run.local_devices))
     if budget is None:

@@ -62,9 +62,9 @@ def over_models(kernel: Callable, mesh: Mesh, n_replicated: int) -> Callable:
         # nothing for shard_map's replication types to check; with the check on, every
         # loop carry a kernel starts from a constant (NLEEP's EM, LogME's fixed point)
         # would need an explicit pcast to "varying".
-        return jax.shard_map(
-            kernel, mesh=mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False
-        )(*args)
+        return jax.shard_map(kernel, mesh=mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False)(
+            *args
+        )
 
     return sharded
 

@@ -158,3 +158,25 @@ def test_four_forced_cpu_devices_agree_with_one(seed):
     want = score(feats, y, logits, names)
     for name in OTHERS:
         np.testing.assert_allclose(got[name], want[name].values, rtol=1e-5, atol=1e-7)
+
+
+def test_parc_scores_the_references_sample_through_the_driver(rng, monkeypatch, x64):
+    """Above PARC's sample cap the driver scores the reference's stratified sample of rows
+    (drawn once from the labels), while the other metrics of the call see every row."""
+    import dataclasses
+
+    from ncti_jax.metrics import parc as parc_kernel
+    from ncti_jax.reference import parc as parc_ref
+
+    (metric,) = parc_kernel.METRICS
+    capped = dataclasses.replace(
+        metric, sample=lambda codes: parc_kernel.sample_rows(codes, max_samples=150)
+    )
+    monkeypatch.setattr(parc_kernel, "METRICS", (capped,))
+    feats, y, _ = zoo_with_logits(rng)
+    result = score(feats, y, None, "parc,hscore", dtype=np.float64)
+    want = [parc_ref.parc(np.float64(x), y, max_samples=150) for x in feats.values()]
+    np.testing.assert_allclose(result["parc"].values, want, rtol=1e-9, atol=1e-9)
+    assert rel_err(result["hscore"].values, reference_values("hscore", feats, y)) < 1e-9
+    full = [parc_ref.parc(np.float64(x), y) for x in feats.values()]
+    assert not np.allclose(full, want, rtol=1e-6)  # the sample is not all the rows

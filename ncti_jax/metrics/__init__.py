@@ -61,6 +61,8 @@ class Metric:
         cap): ``sample(codes) -> sorted row indices`` (or None for all rows), drawn
         from the labels alone, once for the whole zoo; the driver runs the kernel on
         those rows of every model.
+      memory: ``memory(n_rows, itemsize) -> bytes`` the kernel needs per model beyond
+        what the memory plan counts for every metric (PARC's N x N matrices).
       combine: for a metric defined over the zoo (e.g. ETran's weighted sum of parts
         normalised across models): ``combine({field: (M,) float64}) -> (M,)`` values,
         on the host; None when the kernel's ``"value"`` is the metric.
@@ -75,6 +77,7 @@ class Metric:
     combine: Callable[[dict[str, Any]], Any] | None = None
     dtype: str | None = None
     sample: Callable[[Any], Any] | None = None
+    memory: Callable[[int, int], int] | None = None
 
     def values(self, fields: dict[str, Any]) -> Any:
         """(M,) the metric of each model from the kernel's per-model ``fields``."""
