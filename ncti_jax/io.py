@@ -312,7 +312,18 @@ def results_document(
 
 def document_metrics(doc: dict[str, Any]) -> list[str]:
     """The metrics a results document holds (``["ncti"]`` for v1 and v2)."""
-    return list(doc["metrics"]) if doc.get("schema") == SCHEMA else ["ncti"]
+    if doc.get("schema") != SCHEMA:
+        return ["ncti"]
+    metrics, results = doc.get("metrics"), doc.get("results")
+    if (
+        not isinstance(metrics, list)
+        or not isinstance(results, dict)
+        or set(metrics) - set(results)
+    ):
+        raise ValueError(
+            f"a {SCHEMA} file needs 'metrics' (a list) and 'results' with a block for each."
+        )
+    return list(metrics)
 
 
 def metric_records(doc: dict[str, Any], metric: str = "ncti") -> list[dict[str, Any]]:

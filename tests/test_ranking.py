@@ -146,7 +146,7 @@ def test_evaluate_all_datasets(tmp_path, capsys):
     for dataset in ("cifar10", "dtd", "pets"):
         acc = tables[dataset]
         records = [{"model": m, "ncti": a + rng.normal()} for m, a in acc.items()]
-        doc = {"schema": io.SCHEMA, "models": records}
+        doc = {"schema": "ncti-jax/scores/v2", "models": records}
         (tmp_path / dataset).mkdir()
         (tmp_path / dataset / "scores.json").write_text(json.dumps(doc))
     assert cli.main(["evaluate", str(tmp_path), "--all", "--truth", "group1"]) == 0
