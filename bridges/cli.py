@@ -100,7 +100,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 3 tiny models, 1 pre-training epoch each (seconds, not minutes)",
+        help="a smoke run: 3 tiny models, 1 epoch of pre-training and of fine-tuning each "
+        "(seconds, not minutes)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_compile_cache_option(parser)

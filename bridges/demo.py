@@ -118,7 +118,7 @@ def make_config(
         raise ValueError(f"protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}.")
     config = DemoConfig(seed=seed, **PROTOCOLS[protocol])
     if quick:
-        epochs = {"probe_epochs": 2 if config.probe_epochs else 0, "finetune_epochs": 5}
+        epochs = {"probe_epochs": 2 if config.probe_epochs else 0, "finetune_epochs": 1}
         config = dataclasses.replace(config, zoo=QUICK_ZOO, **epochs)
     return config
 
