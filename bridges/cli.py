@@ -65,10 +65,27 @@ def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Pre-train a zoo of small CNNs on digits 0-4 (cached), fine-tune each on digits 5-9 "
-        "for the ground truth, score the zoo with NCTI and report how well NCTI ranks it. "
-        "Needs the torch extra; a few minutes on 2 CPU cores the first time."
+        "for the ground truth, score the zoo with every available transferability metric and "
+        "report how well each ranks it. Needs the torch extra; a few minutes on 2 CPU cores "
+        "the first time."
     )
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    seeds.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="run once per seed (e.g. 0,1,2,3,4): each seed's report in DIR/seed-S/, "
+        "every metric's tau per seed and its mean +- std in DIR/seeds.json",
+    )
+    parser.add_argument(
+        "--protocol",
+        default="finetune-frozen-bn",
+        choices=("finetune-frozen-bn", "finetune", "probe-finetune-frozen-bn"),
+        help="the fine-tuning protocol of the ground truth: every layer, 15 epochs, BatchNorm "
+        "statistics frozen (finetune-frozen-bn) or updated (finetune: the protocol before "
+        "issue #14, with which the untrained network catches up); or a linear probe then 10 "
+        "epochs of every layer at lr 3e-4, BatchNorm frozen (default: %(default)s)",
+    )
     parser.add_argument(
         "--device", default=defaults.DEVICE, help="auto, cpu, cuda (default: %(default)s)"
     )
@@ -83,7 +100,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 3 tiny models, 1 epoch each (seconds, not minutes)",
+        help="a smoke run: 3 tiny models, 1 epoch of pre-training and of fine-tuning each "
+        "(seconds, not minutes)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_compile_cache_option(parser)
@@ -307,41 +325,68 @@ def _demo(args: argparse.Namespace) -> int:
         ) from None
     from ncti_jax import io as ncti_io
 
-    config = demo.DemoConfig(seed=args.seed)
-    if args.quick:
-        config = demo.DemoConfig(zoo=demo.QUICK_ZOO, finetune_epochs=1, seed=args.seed)
-    report = demo.run_demo(
-        config,
-        device=args.device,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        progress=not args.no_progress,
-    )
+    def run(seed: int, out: Path) -> dict:
+        config = demo.make_config(args.protocol, quick=args.quick, seed=seed)
+        report = demo.run_demo(
+            config,
+            device=args.device,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            progress=not args.no_progress,
+        )
+        ncti_io.atomic_write_text(
+            out / "demo.json", json.dumps(report, indent=1, allow_nan=False) + "\n"
+        )
+        print(demo.format_report(report))
+        written = [out / "demo.json", *_demo_plots(report, out)]
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+        return report
+
     out = Path(args.out)
-    ncti_io.atomic_write_text(out / "demo.json", json.dumps(report, indent=1) + "\n")
-    print(demo.format_report(report))
-    written = [out / "demo.json"]
+    if args.seeds is None:
+        run(args.seed, out)
+        return 0
     try:
-        import numpy as np
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: comma-separated integers, got {args.seeds!r}.") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: distinct comma-separated integers, got {args.seeds!r}.")
+    reports = []
+    for seed in seeds:
+        print(f"== seed {seed}")
+        reports.append(run(seed, out / f"seed-{seed}"))
+        print()
+    summary = demo.summarize_seeds(reports)
+    ncti_io.atomic_write_text(
+        out / "seeds.json", json.dumps(summary, indent=1, allow_nan=False) + "\n"
+    )
+    print(demo.format_seeds(summary))
+    print(f"wrote {out / 'seeds.json'}", file=sys.stderr)
+    return 0
 
-        from ncti_jax import plots
 
-        records = report["models"]
-        written.append(
+def _demo_plots(report: dict, out) -> list:
+    """NCTI's ranking and NCTI against the ground truth (none without matplotlib)."""
+    import numpy as np
+
+    from ncti_jax import plots
+
+    records = report["models"]
+    tau = report["weighted_tau"]
+    try:
+        return [
             plots.plot_ranking(
                 records, out / "ranking.png", title="ncti demo: NCTI ranking of the digits zoo"
-            )
-        )
-        written.append(
+            ),
             plots.plot_vs_truth(
                 [r["model"] for r in records],
                 np.array([r["ncti"] for r in records]),
                 np.array([100 * r["finetune_accuracy"] for r in records]),
-                report["weighted_tau"],
+                float("nan") if tau is None else tau,
                 out / "ncti_vs_truth.png",
                 title="ncti demo",
-            )
-        )
+            ),
+        ]
     except ImportError:
         print("(matplotlib not installed: no plots)", file=sys.stderr)
-    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0
+        return []

@@ -6,7 +6,7 @@ ncti extract [--zoo ZOO] [--dataset NAME] [EXTRACTION OPTIONS] --out DIR
 ncti evaluate RESULTS --truth group1:cifar10|accuracies.csv [--all] [--bootstrap N]
               [--out DIR]
 ncti plot RESULTS [--truth ...] [--out DIR]
-ncti demo [--quick] [--out DIR]
+ncti demo [--quick] [--seed S | --seeds S,S,...] [--protocol NAME] [--out DIR]
 ncti bench --scenario NAME [--contenders jax,reference,authors] [--repeats N] [--quick] [--list]
 
 SCORING OPTIONS (score and rank, from :func:`add_scoring_options`; defaults from
