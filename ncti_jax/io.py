@@ -755,7 +755,10 @@ def scored_metrics(path: str | os.PathLike) -> list[str]:
         return [m for m in NAMES if m in header] or ["ncti"]
     doc = _read_json(path, "scores")
     if isinstance(doc, dict) and doc.get("schema") in READABLE_SCHEMAS:
-        return document_metrics(doc)
+        try:
+            return document_metrics(doc)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     return ["ncti"]
 
 
