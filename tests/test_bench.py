@@ -234,3 +234,25 @@ def test_bench_writes_under_the_current_directory(tmp_path, monkeypatch):
     stores = list((tmp_path / "ncti-bench").rglob("labels.npy"))
     assert [p.parent.name for p in stores] == ["tiny-seed0"]
     assert files() == before
+
+
+def test_metrics_benchmark_times_and_checks_each_metric(tmp_path, capsys):
+    from ncti_jax.benchmarks import metrics as metrics_bench
+
+    argv = ["--scenario", "tiny", "--rows", "200", "--metrics", "ncti,hscore,leep,etran"]
+    argv += ["--repeats", "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
+    assert metrics_bench.main(argv) == 0
+    report = json.loads((tmp_path / "metrics-tiny-200.json").read_text())
+    assert report["n_samples"] == 200 and list(report["per_metric"]) == [
+        "ncti",
+        "hscore",
+        "leep",
+        "etran",
+    ]
+    for name in ("hscore", "leep", "etran"):
+        row = report["per_metric"][name]
+        assert row["reference_s"] > 0 and row["jax_median_s"] > 0
+        assert row["max_rel_error"] < 1e-3  # float32 against the float64 reference
+    one = report["one_pass"]
+    assert one["metrics"] == ["ncti", "hscore", "leep", "etran"] and one["jax_median_s"] > 0
+    assert "all 4 in one pass" in capsys.readouterr().out
