@@ -8,6 +8,7 @@ device mesh, like NCTI's :func:`ncti_jax._kernel.zoo_components`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -34,7 +35,6 @@ def model_metrics(
     return {name: metrics.get(name).kernel(stats) for name in names}
 
 
-@functools.partial(jax.jit, static_argnames=("names", "precision", "linalg", "mesh"))
 def zoo_metrics(
     x: jax.Array,
     n_cols: jax.Array,
@@ -48,7 +48,41 @@ def zoo_metrics(
     mesh: Mesh | None = None,
 ) -> dict[str, dict[str, jax.Array]]:
     """:func:`model_metrics` vmapped over the model axis of ``x`` (M, N, D) (and of
-    ``logits`` (M, N, S), or None when no metric needs them): ``{metric: {field: (M,)}}``."""
+    ``logits`` (M, N, S), or None when no metric needs them): ``{metric: {field: (M,)}}``.
+
+    The labels' per-class blocks (``layout.buckets``, whose shapes follow the class
+    sizes) reach the compiled call only when a metric reads them
+    (``Metric.class_blocks``): the others compile once per (M, N, D, C), whatever the
+    labels.
+    """
+    if not any(metrics.get(name).class_blocks for name in names):
+        layout = dataclasses.replace(layout, buckets=())
+    return _zoo_metrics(
+        x,
+        n_cols,
+        logits,
+        n_logits,
+        layout,
+        names=names,
+        precision=precision,
+        linalg=linalg,
+        mesh=mesh,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("names", "precision", "linalg", "mesh"))
+def _zoo_metrics(
+    x: jax.Array,
+    n_cols: jax.Array,
+    logits: jax.Array | None,
+    n_logits: jax.Array | None,
+    layout: ClassLayout,
+    *,
+    names: tuple[str, ...],
+    precision: str,
+    linalg: Linalg,
+    mesh: Mesh | None = None,
+) -> dict[str, dict[str, jax.Array]]:
     kernel = functools.partial(model_metrics, names=names, linalg=linalg)
     batched = jax.vmap(kernel, in_axes=(0, 0, 0, 0, None))
 

@@ -139,7 +139,6 @@ def test_truth_file_errors(tmp_path, capsys):
 
 
 def test_evaluate_all_datasets(tmp_path, capsys):
-    from ncti_jax import io
 
     tables = ranking.finetune_accuracy()["group1"]
     rng = np.random.default_rng(0)

@@ -61,6 +61,9 @@ class Metric:
         cap): ``sample(codes) -> sorted row indices`` (or None for all rows), drawn
         from the labels alone, once for the whole zoo; the driver runs the kernel on
         those rows of every model.
+      class_blocks: the kernel reads the per-class sample blocks
+        (``stats.layout.buckets``); only then do they reach the compiled call, whose
+        shapes then follow the class sizes.
       memory: ``memory(n_rows, itemsize) -> bytes`` the kernel needs per model beyond
         what the memory plan counts for every metric (PARC's N x N matrices).
       combine: for a metric defined over the zoo (e.g. ETran's weighted sum of parts
@@ -78,6 +81,7 @@ class Metric:
     dtype: str | None = None
     sample: Callable[[Any], Any] | None = None
     memory: Callable[[int, int], int] | None = None
+    class_blocks: bool = False
 
     def values(self, fields: dict[str, Any]) -> Any:
         """(M,) the metric of each model from the kernel's per-model ``fields``."""

@@ -103,5 +103,6 @@ METRICS = (
         _ref,
         fields=("value", "rate", "class_rate"),
         summary="TransRate (Huang et al. 2022): coding rate of the features less that of each class",
+        class_blocks=True,
     ),
 )
