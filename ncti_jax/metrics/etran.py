@@ -98,6 +98,9 @@ def fisher_true_class_probs(stats) -> tuple[jax.Array, jax.Array]:
     means = means / stats.counts[:, None]  # (C, D) class means of the scaled features
     xw = xs - means[stats.codes]  # Sw = xw^T xw / N = sum_c pi_c cov_c, scaled by 4^-k
     trace = jnp.sum(xw**2) / n
+    # No within-class scatter beyond the rounding of the class means (the rule of
+    # NCTI's shrinkage LDA, ncti_jax._lda.NO_SCATTER): no classifier.
+    no_scatter = trace <= 16 * jnp.finfo(stats.dtype).eps * jnp.sum(xs**2) / n
     ones = jnp.ones(stats.width, stats.dtype)  # padded entries meet zero columns of Sw
     if n < stats.width:
         # Wide (N < D, static): x_i - m, mu_c - m and the range of Sw all lie in the
@@ -131,7 +134,11 @@ def fisher_true_class_probs(stats) -> tuple[jax.Array, jax.Array]:
     log_prior = jnp.log(stats.counts / n)
     logits = xs @ coef - 0.5 * jnp.sum(means.T * coef, axis=0) + log_prior
     log_p = jax.nn.log_softmax(logits, axis=1)
-    return jnp.exp(jnp.take_along_axis(log_p, stats.codes[:, None], axis=1)[:, 0]), t
+    p_true = jnp.exp(jnp.take_along_axis(log_p, stats.codes[:, None], axis=1)[:, 0])
+    # No within-class scatter: no classifier (the reference divides 0 by 0). Said
+    # explicitly: rounding leaves a scatter of ~eps^2, and XLA:CPU's batched matmuls may
+    # skip the zero operands a NaN would otherwise have to pass through.
+    return jnp.where(no_scatter, jnp.nan, p_true), t
 
 
 def etran_parts(stats) -> dict:
