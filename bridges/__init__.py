@@ -11,6 +11,9 @@ imported from :mod:`ncti_jax.bridges.pipeline` on first use.
 - :mod:`ncti_jax.bridges.datasets`: the paper's target datasets, ImageFolder, subsampling.
 - :mod:`ncti_jax.bridges.extract`: one pass over the data for the whole zoo; feature stores.
 - :mod:`ncti_jax.bridges.dlpack`: zero-copy torch -> JAX handoff.
+- :mod:`ncti_jax.bridges.features`: :class:`ZooFeatures`, what either backend extracts.
+- :mod:`ncti_jax.bridges.images`: image folders decoded and preprocessed without torch.
+- :mod:`ncti_jax.bridges.jax_extract`: the JAX-native extraction, data parallel over a mesh.
 - :mod:`ncti_jax.bridges.cli`: ``ncti extract``, ``ncti rank`` and ``ncti demo``.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"rank_zoo": ".pipeline", "extract_zoo": ".pipeline", "ZooFeatures": ".pipeline"}
+_EXPORTS = {"rank_zoo": ".pipeline", "extract_zoo": ".pipeline", "ZooFeatures": ".features"}
 
 __all__ = list(_EXPORTS)
 

@@ -19,6 +19,8 @@ import numpy as np
 import torchvision
 from torch.utils.data import Dataset, Subset
 
+from .images import per_class_indices
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -164,15 +166,8 @@ class PerClassSubset(Subset):
 
 def subsample_per_class(ds: Dataset, samples_per_class: int, seed: int = 0) -> PerClassSubset:
     """At most ``samples_per_class`` samples of each class, drawn with ``seed``, in index order."""
-    if samples_per_class < 1:
-        raise ValueError(f"samples_per_class must be >= 1; got {samples_per_class}.")
-    labels = dataset_labels(ds)
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        keep.extend(rng.choice(idx, size=min(samples_per_class, idx.size), replace=False).tolist())
-    return PerClassSubset(ds, sorted(keep), samples_per_class, seed)
+    keep = per_class_indices(dataset_labels(ds), samples_per_class, seed)
+    return PerClassSubset(ds, keep, samples_per_class, seed)
 
 
 def sample_ids(ds: Dataset) -> tuple[str, list[str]] | None:

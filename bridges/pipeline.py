@@ -15,65 +15,20 @@ functions behind a command line (:mod:`ncti_jax.bridges.cli`).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from ncti_jax import defaults as engine
 
 from . import datasets, defaults, dlpack, extract, models
+from .features import ZooFeatures
 
 if TYPE_CHECKING:
     from ncti_jax import NCTIResult
-
-
-@dataclasses.dataclass
-class ZooFeatures:
-    """A zoo's penultimate features on a dataset, ready to score (:meth:`arrays`)."""
-
-    models: list[str]  # the zoo's models, in its order
-    extracted: list[str]  # extracted by this call
-    stored: list[str]  # already in ``store`` with the same settings: not extracted again
-    extraction: extract.Extraction | None  # this call's extraction; None: nothing to extract
-    store: Path | None  # the feature store, or None for features held in memory
-    features: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
-    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)
-    # In memory, with ``with_logits``: {model: (N, S) source logits}; None otherwise.
-    logits: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
-
-    def arrays(self) -> tuple[dict[str, Any], np.ndarray]:
-        """``({model: (N, D) features}, labels)`` in the zoo's order: JAX arrays handed
-        over from torch without a copy (in memory), or the store's files memory-mapped."""
-        if self.store is None:
-            return self.features, self.labels
-        from ncti_jax import io as ncti_io
-
-        return ncti_io.load_feature_store(self.store, models=self.models)
-
-    def source_logits(self) -> dict[str, Any]:
-        """``{model: (N, S) logits of its own classifier}`` in the zoo's order, rows as in
-        :meth:`arrays`: JAX arrays (in memory), or the store's ``logits/`` files
-        memory-mapped (:func:`ncti_jax.io.load_logits`).
-
-        Raises:
-          ValueError: features extracted in memory without ``with_logits``.
-          ncti_jax.io.FeatureStoreError: models of the store without logits, all named.
-        """
-        if self.store is None:
-            if self.logits is None:
-                raise ValueError(
-                    "these features were extracted without their source logits; "
-                    "extract again with with_logits=True."
-                )
-            return {m: self.logits[m] for m in self.models}
-        from ncti_jax import io as ncti_io
-
-        return ncti_io.load_logits(self.store, self.models)
 
 
 def extract_zoo(
