@@ -186,6 +186,16 @@ def _add_extraction_options(parser: argparse.ArgumentParser):
     )
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA")
     group.add_argument(
+        "--backend",
+        choices=defaults.BACKENDS,
+        default=defaults.BACKENDS[0],
+        help="'torch': the models in torch (CUDA when --device allows); 'jax': their flax "
+        "ports (ResNet-18..152, ViT-B/16, ViT-S/16 from torchvision, timm or Hugging Face), "
+        "jit-compiled and data parallel over every JAX device of --device's platform, "
+        "features left on the devices for scoring; no torch needed (image folders, 'paper' "
+        "preprocessing, ncti rank only) (default: %(default)s)",
+    )
+    group.add_argument(
         "--no-progress", action="store_true", help="no progress bar while extracting"
     )
     return group
@@ -202,7 +212,10 @@ def _pipeline(command: str):
 
 
 def _extract_zoo(args: argparse.Namespace, store: str | None):
-    """:func:`~ncti_jax.bridges.pipeline.extract_zoo` with the extraction options."""
+    """:func:`~ncti_jax.bridges.pipeline.extract_zoo` with the extraction options (or
+    :func:`~ncti_jax.bridges.jax_pipeline.extract_zoo`, with ``--backend jax``)."""
+    if args.backend == "jax":
+        return _extract_zoo_jax(args, store)
     return _pipeline(args.command).extract_zoo(
         args.zoo,
         args.dataset,
@@ -221,6 +234,47 @@ def _extract_zoo(args: argparse.Namespace, store: str | None):
         progress=not args.no_progress,
         log=_say,
         with_logits=getattr(args, "with_logits", False) or _needs_logits(args),
+    )
+
+
+def _extract_zoo_jax(args: argparse.Namespace, store: str | None):
+    """``--backend jax``: the flax ports on a mesh of ``--device``'s JAX devices."""
+    unsupported = [
+        what
+        for what, given in (
+            ("ncti extract (a feature store)", args.command == "extract"),
+            ("--store", store is not None),
+            ("--bf16", args.bf16),
+            ("--download", args.download),
+        )
+        if given
+    ]
+    if unsupported:
+        raise ValueError(
+            f"--backend jax extracts in memory for 'ncti rank': {', '.join(unsupported)} "
+            "needs --backend torch."
+        )
+    try:
+        from . import jax_extract, jax_pipeline
+    except ImportError as err:
+        raise ValueError(
+            f"--backend jax needs flax: pip install 'ncti-jax[flax]' ({err})."
+        ) from None
+    return jax_pipeline.extract_zoo(
+        args.zoo,
+        args.dataset,
+        root=args.data_root,
+        weights=args.weights,
+        seed=args.seed,
+        samples_per_class=args.samples_per_class,
+        preprocess=args.preprocess,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+        log=_say,
+        with_logits=getattr(args, "with_logits", False) or _needs_logits(args),
+        mesh=jax_extract.batch_mesh(jax_extract.platform_devices(args.device)),
     )
 
 

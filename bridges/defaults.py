@@ -27,3 +27,7 @@ WORKERS = 2
 
 # Where the models run: "auto" (CUDA when torch sees it), "cpu", "cuda", "cuda:N".
 DEVICE = "auto"
+
+# What runs the models; the first is the default. "torch": torchvision, timm and Hugging
+# Face models in torch; "jax": their flax ports, data parallel over every JAX device.
+BACKENDS = ("torch", "jax")

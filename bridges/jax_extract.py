@@ -54,6 +54,27 @@ def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
+def platform_devices(device: str = "auto") -> list[jax.Device]:
+    """The devices of ``--device``: ``auto`` (JAX's default backend), ``cpu``, ``gpu`` (or
+    ``cuda``), ``tpu``.
+
+    Raises:
+      ValueError: a platform JAX does not have here, or a single device (``cuda:1``).
+    """
+    if device == "auto":
+        return jax.devices()
+    platform = {"cuda": "gpu"}.get(device, device)
+    if platform not in ("cpu", "gpu", "tpu"):
+        raise ValueError(
+            f"--device {device!r}: --backend jax runs on every device of a platform: "
+            "auto, cpu, gpu (cuda) or tpu."
+        )
+    try:
+        return jax.devices(platform)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: JAX has no {platform} devices ({err}).") from None
+
+
 def describe_mesh(mesh: Mesh) -> str:
     kinds = sorted({d.device_kind for d in mesh.devices.flat})
     return f"{mesh.devices.size} x {', '.join(kinds)}"
@@ -96,8 +117,9 @@ def extract_features(
         raise ValueError(f"image folder {folder.root}: no samples.")
     rows = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
+    compiled: dict = {}  # models of one architecture share one compiled step
     steps = {
-        name: _compiled_step(model, replicated, rows, name in set(with_logits))
+        name: _compiled_step(model, replicated, rows, name in set(with_logits), compiled)
         for name, model in models.items()
     }
     features: dict[str, list[jax.Array]] = {name: [] for name in models}
@@ -127,11 +149,18 @@ def extract_features(
     )
 
 
-def _compiled_step(model, replicated: NamedSharding, rows: NamedSharding, with_logits: bool):
-    """``(params on the mesh, jitted step(params, images) -> features[, logits])``."""
+def _compiled_step(
+    model, replicated: NamedSharding, rows: NamedSharding, with_logits: bool, compiled: dict
+):
+    """``(params on the mesh, jitted step(params, images) -> features[, logits])``; the
+    step is shared through ``compiled`` by the models of the same graph."""
     from flax import nnx
 
     graphdef, state = nnx.split(model)
+    params = jax.device_put(state, replicated)
+    key = (graphdef, with_logits)
+    if key in compiled:
+        return params, compiled[key]
 
     def step(state, images):
         net = nnx.merge(graphdef, state)
@@ -141,8 +170,8 @@ def _compiled_step(model, replicated: NamedSharding, rows: NamedSharding, with_l
         return feats
 
     out = (rows, rows) if with_logits else rows
-    compiled = jax.jit(step, in_shardings=(replicated, rows), out_shardings=out)
-    return jax.device_put(state, replicated), compiled
+    compiled[key] = jax.jit(step, in_shardings=(replicated, rows), out_shardings=out)
+    return params, compiled[key]
 
 
 def _rows(parts: list[jax.Array], n: int) -> jax.Array:
