@@ -99,8 +99,9 @@ def extract_zoo(
     """Extracts the penultimate features of every model of ``zoo`` on ``dataset``.
 
     Args:
-      zoo: ``"group1"`` (the paper's supervised zoo), a zoo ``.toml`` file,
-        comma-separated torchvision architectures, or :class:`~.models.ModelSpec` s.
+      zoo: ``"group1"`` (the paper's supervised zoo), ``"timm-small"``, a zoo ``.toml``
+        file, comma-separated models (torchvision architectures, ``timm:NAME``,
+        ``hf:ORG/NAME``, ``hf:./DIR``), or :class:`~.models.ModelSpec` s.
       dataset: a target dataset name (``cifar10``, ...; see
         :data:`~.datasets.DATASETS`), ``"imagefolder"`` (the folder is ``root``), the
         path of an ImageFolder directory, or a torch dataset of (image, label) pairs.
@@ -141,6 +142,7 @@ def extract_zoo(
     else:
         specs = list(zoo)
         models.check_model_names([s.name for s in specs], "zoo")
+        models.check_specs(specs)
     if isinstance(dataset, str):
         name, ds = dataset, datasets.load_dataset(dataset, root, download=download)
     else:
