@@ -326,7 +326,7 @@ def hf_input_size(spec: ModelSpec) -> int | None:
 
     auto_config, auto_model = _hf_classes()
     config = auto_config.from_pretrained(spec.model_id)
-    cls = auto_model._model_mapping.get(type(config))
+    cls = auto_model._model_mapping.get(type(config), None)
     size = getattr(config, "image_size", None)
     if cls is None or not isinstance(size, int):
         return None
