@@ -251,3 +251,35 @@ def test_offline_message_lists_every_missing_model(image_folder, tmp_path, monke
     ):
         assert expected in err
     assert not (tmp_path / "store" / "labels.npy").exists()
+
+
+def test_preprocessing_keys_and_sizes(hf_dirs):
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8))
+    tv = zoo.ModelSpec("rn", "resnet18", weights=None)
+    vit = zoo.ModelSpec("vit", "timm:test_vit", weights=None)
+    conv = zoo.ModelSpec("conv", "timm:test_convnext", weights=None)
+    local = zoo.ModelSpec("local", f"hf:{hf_dirs / 'tiny-vit'}", weights=None)
+    # paper: one batch for every model whose size is free; fixed-size models get their own.
+    keys = {s.name: models.transform_for(s, "paper", 64)[0] for s in (tv, vit, conv, local)}
+    assert keys == {"rn": "paper", "vit": "paper:160", "conv": "paper", "local": "paper:32"}
+    # native: timm's data config and the image processor, keyed by their settings.
+    native = {s.name: models.transform_for(s, "native", 64) for s in (vit, conv, local)}
+    assert native["vit"][0].startswith("timm:") and native["local"][0].startswith("hf:")
+    assert native["vit"][0] == native["conv"][0]  # the same data config: one shared batch
+    assert native["vit"][1](image).shape == (3, 160, 160)
+    assert native["local"][1](image).shape == (3, SIZE, SIZE)
+    assert native["local"][1](image).dtype == torch.float32
+
+
+def test_missing_library_names_its_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert [s.name for s in models.resolve_zoo("resnet18", weights=None)] == ["resnet18"]
+    with pytest.raises(ValueError, match=r"timm is not installed .*pip install 'ncti-jax\[timm\]'"):
+        models.resolve_zoo("timm:resnet10t")
+    with pytest.raises(ValueError, match=r"pip install 'ncti-jax\[hf\]'"):
+        models.transform_for(zoo.ModelSpec("x", "hf:org/name"), "paper", 224)
