@@ -99,6 +99,8 @@ def load_timm(spec: ModelSpec, *, head: bool) -> tuple[nn.Module, nn.Module | No
             torch.manual_seed(init_seed(spec))
             model = timm.create_model(spec.model_id, pretrained=pretrained)
     except (OSError, RuntimeError) as err:  # offline, or a corrupt cached file
+        if not pretrained:
+            raise
         raise WeightsError(
             f"model {spec.name!r}: cannot load timm weights {spec.model_id!r} "
             f"({type(err).__name__}: {err}); expected {timm_weights_location(spec)}."

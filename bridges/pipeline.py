@@ -1,4 +1,4 @@
-"""Images to ranking in one call: a torchvision zoo and an image dataset in, NCTI out.
+"""Images to ranking in one call: a zoo and an image dataset in, NCTI out.
 
 For a notebook::
 
@@ -110,9 +110,9 @@ def extract_zoo(
         resumes where it stopped. None: features stay in memory.
       root: where torchvision finds the dataset (the folder, for ``imagefolder``).
       download: let torchvision download the dataset (needs network access).
-      weights: the torchvision weights of a named zoo's models: ``"DEFAULT"``, an
-        enum name such as ``"IMAGENET1K_V1"``, or None / ``"none"`` for random
-        initialisation seeded by ``seed``.
+      weights: the weights of a named zoo's models: ``"DEFAULT"`` (each library's
+        pre-trained weights), a torchvision enum name such as ``"IMAGENET1K_V1"``, or
+        None / ``"none"`` for random initialisation seeded by ``seed``.
       seed: seed of ``samples_per_class`` subsampling and of random initialisation.
       samples_per_class: keep at most this many samples of each class (seeded).
       preprocess: ``"paper"`` (resize to ``image_size``, ImageNet mean/std) or
