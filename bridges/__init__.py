@@ -1,4 +1,4 @@
-"""Framework bridges: torchvision models -> penultimate features -> JAX.
+"""Framework bridges: torchvision, timm and Hugging Face models -> penultimate features -> JAX.
 
 Installed as ``ncti_jax.bridges`` (the ``torch`` extra). torch is imported by these
 modules and nowhere else in the project; importing this package itself imports
@@ -6,8 +6,11 @@ nothing heavy: :func:`rank_zoo`, :func:`extract_zoo` and :class:`ZooFeatures` ar
 imported from :mod:`ncti_jax.bridges.pipeline` on first use.
 
 - :mod:`ncti_jax.bridges.pipeline`: images to ranking in one call (:func:`rank_zoo`).
-- :mod:`ncti_jax.bridges.models`: torchvision models cut at the penultimate layer; weights,
-  checkpoints, zoo files, preprocessing.
+- :mod:`ncti_jax.bridges.zoo`: zoo declarations (presets, zoo files, ``timm:`` / ``hf:``
+  entries); imports no torch.
+- :mod:`ncti_jax.bridges.models`: zoo models cut at the penultimate layer; weights,
+  checkpoints, preprocessing (torchvision here, timm and Hugging Face in
+  :mod:`ncti_jax.bridges.hub`).
 - :mod:`ncti_jax.bridges.datasets`: the paper's target datasets, ImageFolder, subsampling.
 - :mod:`ncti_jax.bridges.extract`: one pass over the data for the whole zoo; feature stores.
 - :mod:`ncti_jax.bridges.dlpack`: zero-copy torch -> JAX handoff.

@@ -113,14 +113,16 @@ def _add_extraction_options(parser: argparse.ArgumentParser):
     group.add_argument(
         "--zoo",
         default="group1",
-        help="'group1' (the paper's supervised zoo), a zoo .toml file, or comma-separated "
-        "torchvision architectures (default: %(default)s)",
+        help="'group1' (the paper's supervised zoo), 'timm-small' (12 timm models under 30M "
+        "parameters), a zoo .toml file, or comma-separated models: torchvision architectures, "
+        "timm:NAME[.TAG], hf:ORG/NAME or hf:./DIR (default: %(default)s)",
     )
     group.add_argument(
         "--weights",
         default=defaults.WEIGHTS,
-        help="torchvision weights for the zoo's models: DEFAULT, an enum name such as "
-        "IMAGENET1K_V1, or 'none' for random initialisation (default: %(default)s)",
+        help="weights of the zoo's models: DEFAULT (each library's pre-trained weights), a "
+        "torchvision enum name such as IMAGENET1K_V1, or 'none' for random initialisation "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--dataset",

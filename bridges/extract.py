@@ -52,8 +52,7 @@ from .models import (
     check_weights,
     load_model,
     load_model_with_head,
-    native_transform,
-    paper_transform,
+    transform_for,
 )
 
 META_FILE = "meta.json"
@@ -113,14 +112,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device.")
     return dev
-
-
-def transform_for(spec: ModelSpec, preprocess: str, image_size: int):
-    if preprocess == "paper":
-        return "paper", paper_transform(image_size)
-    if preprocess == "native":
-        return f"native:{spec.arch}:{spec.weights}", native_transform(spec)
-    raise ValueError(f"preprocess must be 'paper' or 'native'; got {preprocess!r}.")
 
 
 def extract_features(

@@ -1,39 +1,26 @@
-"""torchvision models cut at the penultimate layer, their weights and preprocessing.
+"""Zoo models cut at the penultimate layer: loading, weights and preprocessing.
 
-A model is named by its torchvision architecture (``torchvision.models.get_model``)
-and loaded in eval mode with its final classifier replaced by ``Identity``, so
-its output is the classifier's input: the pooled penultimate features. With
-:func:`load_model_with_head` the classifier removed comes back too, so that the
-source logits are ``head(features)`` in the same forward pass.
+A torchvision model (``torchvision.models.get_model``) is loaded in eval mode with
+its final classifier replaced by ``Identity``, so its output is the classifier's
+input: the pooled penultimate features. With :func:`load_model_with_head` the
+classifier removed comes back too, so that the source logits are
+``head(features)`` in the same forward pass. ``timm:`` and ``hf:`` entries follow
+the same contract (:mod:`ncti_jax.bridges.hub`); zoos themselves are declared in
+:mod:`ncti_jax.bridges.zoo` (whose names this module re-exports).
 
 Weights come from the torchvision weights API (``"DEFAULT"`` or an enum name such
-as ``"IMAGENET1K_V1"``; downloaded into the torch hub cache when online), from a
-local checkpoint (loaded with ``weights_only=True``), or are left random
+as ``"IMAGENET1K_V1"``; downloaded into the torch hub cache when online), timm's
+and transformers' own loading (the Hugging Face cache), a local checkpoint
+(``.safetensors``, or loaded with ``weights_only=True``), or are left random
 (``None``; seeded with the zoo's seed and the model's name, so that a run is
-reproducible). Model names become file names in feature stores: letters, digits,
-``.``, ``_`` and ``-`` only (see :func:`check_model_names`). Zoos are declared in
-TOML::
-
-    [[model]]
-    name = "moco-v2"
-    arch = "resnet50"
-    checkpoint = "checkpoints/moco_v2_800ep.pth.tar"
-
-    [[model]]
-    name = "resnet50"
-    arch = "resnet50"
-    weights = "IMAGENET1K_V1"
+reproducible).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
-import re
-import tomllib
 import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,36 +30,17 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-# The paper's supervised zoo (group1) and the width of each model's features.
-GROUP1 = (
-    "inception_v3",
-    "mobilenet_v2",
-    "mnasnet1_0",
-    "densenet121",
-    "densenet169",
-    "densenet201",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "googlenet",
+from . import hub
+from .zoo import (  # noqa: F401  (re-exported: the zoo's names, from before zoo.py)
+    GROUP1,
+    GROUP2,
+    PRESETS,
+    RESERVED_NAMES,
+    ModelSpec,
+    check_model_names,
+    init_seed,
 )
-# The paper's self-supervised ResNet-50 zoo (group2): run from local checkpoints via a zoo file.
-GROUP2 = (
-    "byol",
-    "deepcluster-v2",
-    "infomin",
-    "insdis",
-    "moco-v1",
-    "moco-v2",
-    "pcl-v1",
-    "pcl-v2",
-    "sela-v2",
-    "simclr-v1",
-    "simclr-v2",
-    "swav",
-)
-PRESETS = {"group1": GROUP1}
+from .zoo import resolve_zoo as _declared_zoo
 
 # Where each family keeps its final classifier: (attribute path, index in a Sequential or None).
 _CLASSIFIERS: dict[str, tuple[str, int | None]] = {
@@ -99,64 +67,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Checkpoint key prefixes stripped when loading: DataParallel, MoCo's query encoder, generic backbones.
 _PREFIXES = ("module.", "encoder_q.", "backbone.", "encoder.", "model.")
-# Model names are file names in a feature store: a safe character set, and not the store's own files.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-RESERVED_NAMES = ("labels", "meta")
 
 
 class WeightsError(OSError):
     """Weights that cannot be had: names the file expected and where to put it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """One model of a zoo: a display name, a torchvision architecture and its weights.
-
-    ``weights`` is ``"DEFAULT"``, a weights enum name, or None (random); ``checkpoint``
-    a local file that overrides ``weights``; ``seed`` seeds random initialisation
-    (with a stable offset per model name, see :func:`init_seed`).
-    """
-
-    name: str
-    arch: str
-    weights: str | None = "DEFAULT"
-    checkpoint: str | None = None
-    seed: int = 0
-
-
-def init_seed(spec: ModelSpec) -> int:
-    """The torch seed of ``spec``'s random initialisation: its seed plus a stable
-    offset from its name (CRC-32, not Python's salted ``hash``)."""
-    return (spec.seed + zlib.crc32(spec.name.encode())) % 2**64
-
-
-def check_model_names(names: Sequence[Any], where: str) -> None:
-    """Refuses model names that are unsafe as file names, reserved, or not unique.
-
-    A name is letters, digits, ``.``, ``_`` and ``-`` (starting with a letter or a
-    digit, at most 100 characters, no ``..``), not ``labels`` or ``meta``, and unique
-    ignoring case (file systems may fold it). ``where`` names the zoo in the error.
-    """
-    seen: dict[str, str] = {}
-    for name in names:
-        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
-            raise ValueError(
-                f"{where}: model name {name!r} is not a safe file name (letters, digits, "
-                "'.', '_', '-'; starting with a letter or digit; at most 100 characters; "
-                "no '..')."
-            )
-        key = name.lower()
-        if key in RESERVED_NAMES:
-            raise ValueError(
-                f"{where}: model name {name!r} is reserved (the feature store's own "
-                f"{key} file); rename the model."
-            )
-        if key in seen:
-            raise ValueError(
-                f"{where}: model names {seen[key]!r} and {name!r} clash (names must be "
-                "unique, ignoring case)."
-            )
-        seen[key] = name
 
 
 def classifier_path(arch: str) -> tuple[str, int | None]:
@@ -250,40 +164,75 @@ def _looks_loadable(path: Path) -> bool:
 
 
 def check_weights(specs: Sequence[ModelSpec], *, download: bool = True) -> None:
-    """Makes sure every pre-trained weights file of ``specs`` is cached, before any work.
+    """Makes sure every pre-trained weights file of ``specs`` is at hand, before any work.
 
-    Missing files are downloaded into the torch hub cache (``download``); after the
-    first failed download (offline) no other is tried.
+    torchvision weights are looked for in the torch hub cache; timm's in the Hugging
+    Face cache (``huggingface_hub.constants.HF_HUB_CACHE``; the torch hub cache for
+    weights timm reads from a URL); a Hugging Face model's config and weights in its
+    directory or the HF cache (its config only, for random initialisation). Missing
+    files are downloaded through each library's own mechanism (``download``; not from
+    the HF hub with ``HF_HUB_OFFLINE=1``); after the first failed download (offline)
+    no other is tried.
 
     Raises:
-      WeightsError: one message listing every file missing (with its URL) or corrupt.
+      WeightsError: one message listing every file missing (with where it comes from)
+        or corrupt, across all sources.
     """
-    problems, offline = [], None
+    problems, offline, caches = [], None, set()
     for spec in specs:
-        if spec.checkpoint is not None or spec.weights is None:
+        if spec.source == "hf":
+            fetch = download and offline is None and not hub.hf_offline()
+            found, error = hub.hf_weights_problem(spec, fetch)
+            caches.add("hf")
+        elif spec.checkpoint is not None or spec.weights is None:
             continue
-        enum = _weights_enum(spec.arch, spec.weights)
-        path = expected_weights_file(enum)
-        if not path.is_file() and download and offline is None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(enum.url, str(path), progress=False)
-            except Exception as err:  # urllib/HTTP/OS errors offline
-                offline = f"{type(err).__name__}: {err}"
-        if not path.is_file():
-            problems.append(f"model {spec.name!r}: {path} is missing (from {enum.url})")
-        elif not _looks_loadable(path):
-            problems.append(f"model {spec.name!r}: {path} is corrupt (delete it; from {enum.url})")
+        elif spec.source == "timm":
+            fetch = download and offline is None and not hub.hf_offline()
+            problem, error = hub.timm_weights_problem(spec, fetch)
+            found = [problem] if problem else []
+            caches.add("hf")
+        else:
+            found, error = _torchvision_weights_problem(spec, download and offline is None)
+            caches.add("torch")
+        offline = offline or error
+        problems += found
     if problems:
+        where = []
+        if "torch" in caches:
+            where.append(
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'} (or point TORCH_HOME at a cache that has them)"
+            )
+        if "hf" in caches:
+            where.append(
+                f"the Hugging Face cache {hub.hf_cache_dir('x/y').parent} (or point HF_HOME at one that has them)"
+            )
         raise WeightsError(
             f"{len(problems)} pre-trained weights file(s) cannot be had"
             + (f" (download failed: {offline})" if offline else "")
             + ": "
             + "; ".join(problems)
             + ". Download them on a machine with network access into "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'} (or point TORCH_HOME at a cache "
-            "that has them)."
+            + " and ".join(where)
+            + "."
         )
+
+
+def _torchvision_weights_problem(spec: ModelSpec, download: bool) -> tuple[list[str], str | None]:
+    """``(problems, download error)`` of a torchvision spec's weights file."""
+    enum = _weights_enum(spec.model_id, spec.weights)
+    path = expected_weights_file(enum)
+    error = None
+    if not path.is_file() and download:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(enum.url, str(path), progress=False)
+        except Exception as err:  # urllib/HTTP/OS errors offline
+            error = f"{type(err).__name__}: {err}"
+    if not path.is_file():
+        return [f"model {spec.name!r}: {path} is missing (from {enum.url})"], error
+    if not _looks_loadable(path):
+        return [f"model {spec.name!r}: {path} is corrupt (delete it; from {enum.url})"], error
+    return [], error
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -327,33 +276,92 @@ def load_checkpoint(
     them (a self-supervised model has no source classifier) is an error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})."
-        ) from None
     expected = set(model.state_dict())
     head_name = classifier_name(model, arch)
     head_state = (
         {} if head is None else {f"{head_name}.{k}": v for k, v in head.state_dict().items()}
     )
-    state = strip_prefixes(_unwrap_state_dict(raw, path), expected | set(head_state))
+    state = strip_prefixes(read_checkpoint(path), expected | set(head_state))
     if head is not None:
         _load_head(head, head_name, head_state, state, arch, path)
     heads = (classifier_path(arch)[0] + ".", "AuxLogits.", "aux1.", "aux2.")
     state = {k: v for k, v in state.items() if not k.startswith(heads)}
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
+    _check_state(state, model.state_dict(), path, arch)
+    model.load_state_dict(state)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A local checkpoint's state dict, read safely: ``.safetensors`` with safetensors,
+    anything else with ``torch.load(weights_only=True)`` (unwrapped from ``state_dict``,
+    ``model``, ...)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as err:
+        raise ValueError(f"{path}: reading safetensors needs safetensors ({err}).") from None
+    except Exception as err:
+        raise ValueError(
+            f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})."
+        ) from None
+    return _unwrap_state_dict(raw, path)
+
+
+def load_state(
+    model: nn.Module,
+    path: str | os.PathLike,
+    arch: str,
+    *,
+    head_prefix: str | None,
+    with_head: bool,
+) -> None:
+    """Loads a local checkpoint into a whole (uncut) model whose classifier is the
+    module ``head_prefix`` (a timm model's ``get_classifier()``).
+
+    A checkpoint without the classifier's weights (self-supervised) leaves it as
+    initialised, unless ``with_head`` asks for the source classifier: then it is an
+    error. Any other missing, unexpected or misshapen key is an error that lists them.
+    """
+    path = Path(path)
+    expected = model.state_dict()
+    state = strip_prefixes(read_checkpoint(path), set(expected))
+    if head_prefix is not None:
+        head_keys = [k for k in expected if k.startswith(head_prefix + ".")]
+        has_head = all(
+            k in state and tuple(state[k].shape) == tuple(expected[k].shape) for k in head_keys
+        )
+        if with_head and not has_head:
+            raise ValueError(
+                f"{path}: no source classifier for {arch!r} (expected {head_keys}); the "
+                "source logits need the model's own classifier: extract this model without "
+                "--with-logits."
+            )
+        if not has_head:
+            state = {k: v for k, v in state.items() if not k.startswith(head_prefix + ".")}
+            state |= {k: expected[k] for k in head_keys}
+    _check_state(state, expected, path, arch)
+    model.load_state_dict(state)
+
+
+def _check_state(
+    state: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, torch.Tensor],
+    path: Path,
+    arch: str,
+) -> None:
+    """Refuses a checkpoint whose keys or tensor shapes differ from the model's."""
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
     if missing or unexpected:
         raise ValueError(
             f"{path}: does not match {arch!r}: missing keys {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
             f"{' ...' if len(unexpected) > 10 else ''}."
         )
-    shapes = model.state_dict()
     wrong = [
         f"{k} {tuple(v.shape)} (expected {tuple(shapes[k].shape)})"
         for k, v in state.items()
@@ -364,7 +372,6 @@ def load_checkpoint(
             f"{path}: tensors of the wrong shape for {arch!r}: {', '.join(wrong[:5])}"
             f"{' ...' if len(wrong) > 5 else ''}."
         )
-    model.load_state_dict(state)
 
 
 def _load_head(
@@ -416,18 +423,22 @@ def load_model_with_head(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
 
 
 def _load(spec: ModelSpec, *, head: bool) -> tuple[nn.Module, nn.Module | None]:
-    _check_arch(spec.arch)
+    if spec.source == "timm":
+        return hub.load_timm(spec, head=head)
+    if spec.source == "hf":
+        return hub.load_hf(spec, head=head)
+    _check_arch(spec.model_id)
     if spec.checkpoint is not None or spec.weights is None:
         kwargs = {}
-        if spec.arch in ("inception_v3", "googlenet"):
+        if spec.model_id in ("inception_v3", "googlenet"):
             kwargs = {"aux_logits": False, "init_weights": True}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed(spec))
-            model = torchvision.models.get_model(spec.arch, weights=None, **kwargs)
+            model = torchvision.models.get_model(spec.model_id, weights=None, **kwargs)
     else:
-        enum = _weights_enum(spec.arch, spec.weights)
+        enum = _weights_enum(spec.model_id, spec.weights)
         try:
-            model = torchvision.models.get_model(spec.arch, weights=enum, progress=False)
+            model = torchvision.models.get_model(spec.model_id, weights=enum, progress=False)
         except Exception as err:  # urllib/HTTP/OS errors offline, corrupt cache files
             cached = expected_weights_file(enum)
             if cached.is_file():
@@ -441,9 +452,9 @@ def _load(spec: ModelSpec, *, head: bool) -> tuple[nn.Module, nn.Module | None]:
                 "machine with network access and place it there (or point TORCH_HOME at a "
                 "cache that has it)."
             ) from None
-    model, classifier = split_classifier(model, spec.arch)
+    model, classifier = split_classifier(model, spec.model_id)
     if spec.checkpoint is not None:
-        load_checkpoint(model, spec.arch, spec.checkpoint, classifier if head else None)
+        load_checkpoint(model, spec.model_id, spec.checkpoint, classifier if head else None)
     return model.eval(), classifier.eval() if head else None
 
 
@@ -459,57 +470,61 @@ def paper_transform(size: int = 224) -> transforms.Compose:
 
 
 def native_transform(spec: ModelSpec):
-    """The weights' own inference transforms (e.g. 342 -> 299 for inception_v3)."""
+    """The model's own inference preprocessing: the torchvision weights' transforms (e.g.
+    342 -> 299 for inception_v3), timm's data config, or the Hugging Face image processor."""
+    return _native(spec)[1]
+
+
+def _native(spec: ModelSpec) -> tuple[str, Any]:
+    if spec.source == "timm":
+        return hub.timm_transform(spec)
+    if spec.source == "hf":
+        return hub.hf_transform(spec)
+    key = f"native:{spec.model_id}:{spec.weights}"
     if spec.weights is None or spec.checkpoint is not None:
-        return paper_transform(299 if spec.arch == "inception_v3" else 224)
-    return _weights_enum(spec.arch, spec.weights).transforms()
+        return key, paper_transform(299 if spec.model_id == "inception_v3" else 224)
+    return key, _weights_enum(spec.model_id, spec.weights).transforms()
+
+
+def fixed_input_size(spec: ModelSpec) -> int | None:
+    """The input size a model must have (a timm or Hugging Face model whose position
+    embeddings fix it), or None where any size works."""
+    if spec.source == "timm":
+        return hub.timm_input_size(spec)
+    if spec.source == "hf":
+        return hub.hf_input_size(spec)
+    return None
+
+
+def transform_for(spec: ModelSpec, preprocess: str, image_size: int) -> tuple[str, Any]:
+    """``(key, transform)`` of ``spec``'s preprocessing; models with one key share a batch.
+
+    ``"paper"``: resize to ``image_size`` (to a model's own size instead where its input
+    size is fixed, e.g. a ViT at 384: :func:`fixed_input_size`) and ImageNet mean and
+    std. ``"native"``: :func:`native_transform`, keyed by its settings (timm, Hugging
+    Face) or by the torchvision weights.
+    """
+    if preprocess == "paper":
+        size = fixed_input_size(spec) or image_size
+        return ("paper" if size == image_size else f"paper:{size}"), paper_transform(size)
+    if preprocess == "native":
+        return _native(spec)
+    raise ValueError(f"preprocess must be 'paper' or 'native'; got {preprocess!r}.")
+
+
+def check_specs(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """Refuses a model its library does not have (with close matches): torchvision
+    architectures and timm models and tags; Hugging Face ids are checked with the
+    weights (:func:`check_weights`). Returns ``specs``."""
+    for spec in specs:
+        if spec.source == "timm":
+            hub.check_timm(spec)
+        elif spec.source == "torchvision":
+            _check_arch(spec.model_id)
+    return list(specs)
 
 
 def resolve_zoo(zoo: str, *, weights: str | None = "DEFAULT", seed: int = 0) -> list[ModelSpec]:
-    """Model specs from a preset name (``group1``), a TOML zoo file, or ``a,b,c``.
-
-    ``seed`` seeds the random initialisation of models without weights. Names are
-    checked (:func:`check_model_names`) before anything runs.
-    """
-    if zoo in PRESETS:
-        return [ModelSpec(name, name, weights, seed=seed) for name in PRESETS[zoo]]
-    if zoo == "group2":
-        raise ValueError(
-            "group2 (self-supervised ResNet-50s) is run from local checkpoints: "
-            "declare it in a zoo file (see README) and pass --zoo zoo.toml."
-        )
-    path = Path(zoo)
-    if path.suffix == ".toml":
-        if not path.is_file():
-            raise FileNotFoundError(f"zoo file {path} does not exist.")
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: not valid TOML ({err}).") from None
-        entries = doc.get("model")
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f"{path}: expected one or more [[model]] tables.")
-        specs = []
-        for i, entry in enumerate(entries):
-            if "arch" not in entry:
-                raise ValueError(f"{path}: [[model]] #{i + 1} has no 'arch'.")
-            ckpt = entry.get("checkpoint")
-            if ckpt is not None and not Path(ckpt).is_absolute():
-                ckpt = str(path.parent / ckpt)
-            specs.append(
-                ModelSpec(
-                    name=entry.get("name", entry["arch"]),
-                    arch=entry["arch"],
-                    weights=entry.get("weights", weights),
-                    checkpoint=ckpt,
-                    seed=seed,
-                )
-            )
-        check_model_names([s.name for s in specs], f"zoo file {path}")
-    else:
-        names = [name.strip() for name in zoo.split(",") if name.strip()]
-        check_model_names(names, f"--zoo {zoo!r}")
-        specs = [ModelSpec(name, name, weights, seed=seed) for name in names]
-    for s in specs:
-        _check_arch(s.arch)
-    return specs
+    """:func:`ncti_jax.bridges.zoo.resolve_zoo`, then :func:`check_specs`: a preset, a
+    TOML zoo file, or ``a,b,c``, each model checked to exist in its library."""
+    return check_specs(_declared_zoo(zoo, weights=weights, seed=seed))

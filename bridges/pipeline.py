@@ -1,4 +1,4 @@
-"""Images to ranking in one call: a torchvision zoo and an image dataset in, NCTI out.
+"""Images to ranking in one call: a zoo and an image dataset in, NCTI out.
 
 For a notebook::
 
@@ -54,8 +54,9 @@ def extract_zoo(
     """Extracts the penultimate features of every model of ``zoo`` on ``dataset``.
 
     Args:
-      zoo: ``"group1"`` (the paper's supervised zoo), a zoo ``.toml`` file,
-        comma-separated torchvision architectures, or :class:`~.models.ModelSpec` s.
+      zoo: ``"group1"`` (the paper's supervised zoo), ``"timm-small"``, a zoo ``.toml``
+        file, comma-separated models (torchvision architectures, ``timm:NAME``,
+        ``hf:ORG/NAME``, ``hf:./DIR``), or :class:`~.models.ModelSpec` s.
       dataset: a target dataset name (``cifar10``, ...; see
         :data:`~.datasets.DATASETS`), ``"imagefolder"`` (the folder is ``root``), the
         path of an ImageFolder directory, or a torch dataset of (image, label) pairs.
@@ -64,9 +65,9 @@ def extract_zoo(
         resumes where it stopped. None: features stay in memory.
       root: where torchvision finds the dataset (the folder, for ``imagefolder``).
       download: let torchvision download the dataset (needs network access).
-      weights: the torchvision weights of a named zoo's models: ``"DEFAULT"``, an
-        enum name such as ``"IMAGENET1K_V1"``, or None / ``"none"`` for random
-        initialisation seeded by ``seed``.
+      weights: the weights of a named zoo's models: ``"DEFAULT"`` (each library's
+        pre-trained weights), a torchvision enum name such as ``"IMAGENET1K_V1"``, or
+        None / ``"none"`` for random initialisation seeded by ``seed``.
       seed: seed of ``samples_per_class`` subsampling and of random initialisation.
       samples_per_class: keep at most this many samples of each class (seeded).
       preprocess: ``"paper"`` (resize to ``image_size``, ImageNet mean/std) or
@@ -96,6 +97,7 @@ def extract_zoo(
     else:
         specs = list(zoo)
         models.check_model_names([s.name for s in specs], "zoo")
+        models.check_specs(specs)
     if isinstance(dataset, str):
         name, ds = dataset, datasets.load_dataset(dataset, root, download=download)
     else:

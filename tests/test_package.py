@@ -57,7 +57,11 @@ def _run(code: str, *args: str, cwd=ROOT, env=None) -> subprocess.CompletedProce
 def test_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "sys.modules['timm'] = None; sys.modules['transformers'] = None\n"
         "import ncti_jax, ncti_jax.io, ncti_jax.cli, ncti_jax.reference, ncti_jax.bridges\n"
+        "from ncti_jax.bridges import zoo\n"
+        "specs = zoo.resolve_zoo('resnet18,timm:resnet10t,hf:org/name')\n"
+        "assert [s.source for s in specs] == ['torchvision', 'timm', 'hf']\n"
         "assert sys.modules['torch'] is None\n"
     )
     _run(code)
