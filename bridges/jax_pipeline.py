@@ -103,11 +103,12 @@ def extract_zoo(
     else:
         specs = list(zoo)
         check_model_names([s.name for s in specs], "zoo")
+    sources = check_models(specs)
     folder = image_folder(_folder_path(dataset, root))
     if samples_per_class:
         folder = folder.subsample(samples_per_class, seed=seed)
     say(f"{len(folder)} images of {len(folder.classes)} classes from {dataset}")
-    loaded = load_models(specs, cache_dir=cache_dir, log=say)
+    loaded = load_models(specs, sources, cache_dir=cache_dir, log=say)
     sizes = {name: input_size(model, image_size) for name, model in loaded.items()}
     for name, size in sizes.items():
         if size != image_size:
@@ -138,20 +139,19 @@ def input_size(model: Any, image_size: int) -> int:
     return int(getattr(config, "image_size", image_size))
 
 
-def load_models(
-    specs: Sequence[ModelSpec],
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """``{name: flax model}`` of ``specs``, with their weights.
+def check_models(specs: Sequence[ModelSpec]) -> dict[str, Path | None]:
+    """Every model's flax port and weights file, checked before any is loaded.
 
-    Every spec is checked before any is loaded: the models without a flax port, and
-    then the weights that cannot be had, are each reported in one error.
+    Returns:
+      ``{name: weights file}``, None for a random initialisation.
+
+    Raises:
+      ValueError: the models without a flax port, all named.
+      WeightsUnavailable: the weights (or a hub model's config.json) that cannot be had,
+        all named, with where each was looked for.
     """
-    from . import convert, flax_models
+    from . import flax_models
 
-    say = log or (lambda line: None)
     problems, offline, missing = [], None, set()
     for spec in specs:  # a hub model's config.json says which flax port it needs
         if spec.source == "hf" and flax_models.hf_config(flax_arch(spec)) is None:
@@ -186,6 +186,26 @@ def load_models(
             + "; ".join(problems)
             + "."
         )
+    return sources
+
+
+def load_models(
+    specs: Sequence[ModelSpec],
+    sources: dict[str, Path | None] | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``{name: flax model}`` of ``specs``, with their weights (``sources``, from
+    :func:`check_models`, which runs here when they are not given).
+
+    A weights file is converted once: the converted parameters are cached under
+    ``cache_dir`` (default :func:`default_cache_dir`), keyed by the file's SHA-256.
+    """
+    from . import convert, flax_models
+
+    say = log or (lambda line: None)
+    sources = check_models(specs) if sources is None else sources
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     models = {}
     for spec in specs:

@@ -79,7 +79,7 @@ def test_bad_folders_and_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no class folder"):
         images.image_folder(tmp_path / "flat")
     (tmp_path / "flat" / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no image in the class folder.* empty"):
+    with pytest.raises(FileNotFoundError, match=r"no image in the class folder.* empty"):
         images.image_folder(tmp_path / "flat")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
