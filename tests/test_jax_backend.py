@@ -254,3 +254,35 @@ def test_bad_requests_are_one_line(image_folder, tmp_path, capsys, argv, message
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out" / "scores.json").exists()
+
+
+def test_images_to_ranking_without_torch(image_folder, tmp_path):
+    """``ncti rank --backend jax`` in a process where torch, torchvision, timm and
+    transformers cannot be imported: what ``pip install 'ncti-jax[tpu]'`` gives a TPU VM."""
+    code = (  # a finder that refuses them, as if they were not installed
+        "import sys\n"
+        "class NotInstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in ('torch', 'torchvision', 'timm', 'transformers'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+        "from ncti_jax import cli\n"
+        "code = cli.main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.exit(code)\n"
+    )
+    zoo_file = tmp_path / "zoo.toml"  # two random ResNet-18s: one compilation
+    zoo_file.write_text(
+        '[[model]]\nname = "a"\narch = "resnet18"\n[[model]]\nname = "b"\narch = "timm:resnet18"\n'
+    )
+    argv = ["rank", "--backend", "jax", "--zoo", str(zoo_file), "--weights", "none"]
+    argv += ["--dataset", str(image_folder), "--image-size", "32", "--samples-per-class", "4"]
+    argv += ["--no-progress", "--out", str(tmp_path / "out"), "-q"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "XDG_CACHE_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((tmp_path / "out" / "scores.json").read_text())["results"]["ncti"]
+    assert sorted(r["model"] for r in records) == ["a", "b"]
+    assert all(np.isfinite(r["ncti"]) for r in records)

@@ -118,7 +118,13 @@ def test_core_dependencies_are_light():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in meta["dependencies"]}
     assert names == {"jax", "numpy", "scipy"}
-    assert {"torch", "cuda", "tpu", "resume", "test", "all"} <= set(meta["optional-dependencies"])
+    extras = meta["optional-dependencies"]
+    assert {"torch", "timm", "hf", "flax", "cuda", "tpu", "resume", "test", "all"} <= set(extras)
+    # A TPU VM goes from images to ranking without torch: the tpu extra pulls flax, not torch.
+    assert "ncti-jax[flax]" in extras["tpu"]
+    assert not any(
+        d.startswith(("torch", "ncti-jax[torch")) for d in extras["tpu"] + extras["flax"]
+    )
     assert meta["scripts"]["ncti"] == "ncti_jax.cli:main"
 
 
