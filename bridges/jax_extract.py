@@ -9,9 +9,9 @@ them where they are, with no host round trip.
 Images are decoded once each (:func:`ncti_jax.bridges.images.decode`, in a pool of
 threads: Pillow releases the GIL while it decodes and resizes), each distinct input
 size is prepared once per image and every model of that size sees the same array;
-the next batch is decoded while the devices run the current one. Each process
-decodes only the rows of its own devices, so on a multi-host TPU slice the hosts
-share the decoding.
+the next batch is decoded while the devices run the current one. One process
+drives the mesh (the devices of one host): the engine's multi-process scoring
+gives each process whole models, which rows sharded over hosts are not.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class JaxExtraction:
 
 
 def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: every device of every process)."""
-    devices = list(jax.devices() if devices is None else devices)
+    """A 1-D mesh over ``devices`` (default: every local device)."""
+    devices = list(jax.local_devices() if devices is None else devices)
     return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
@@ -109,6 +109,12 @@ def extract_features(
         same pass from the features.
       progress: called with the number of images done after each batch.
     """
+    if jax.process_count() > 1:
+        raise ValueError(
+            "--backend jax extracts in one process (the devices of one host); under "
+            f"jax.distributed there are {jax.process_count()}: extract per host, or use "
+            "--backend torch and a feature store."
+        )
     mesh = batch_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
     batch = -(-batch_size // n_dev) * n_dev
@@ -117,9 +123,8 @@ def extract_features(
         raise ValueError(f"image folder {folder.root}: no samples.")
     rows = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
-    compiled: dict = {}  # models of one architecture share one compiled step
     steps = {
-        name: _compiled_step(model, replicated, rows, name in set(with_logits), compiled)
+        name: _compiled_step(model, replicated, rows, name in set(with_logits))
         for name, model in models.items()
     }
     features: dict[str, list[jax.Array]] = {name: [] for name in models}
@@ -149,18 +154,20 @@ def extract_features(
     )
 
 
-def _compiled_step(
-    model, replicated: NamedSharding, rows: NamedSharding, with_logits: bool, compiled: dict
-):
-    """``(params on the mesh, jitted step(params, images) -> features[, logits])``; the
-    step is shared through ``compiled`` by the models of the same graph."""
+# Jitted steps by (graph, logits or not, shardings): the models of one architecture share
+# one, and a later extraction in the same process reuses its compilations.
+_STEPS: dict[tuple, Callable] = {}
+
+
+def _compiled_step(model, replicated: NamedSharding, rows: NamedSharding, with_logits: bool):
+    """``(params on the mesh, jitted step(params, images) -> features[, logits])``."""
     from flax import nnx
 
     graphdef, state = nnx.split(model)
     params = jax.device_put(state, replicated)
-    key = (graphdef, with_logits)
-    if key in compiled:
-        return params, compiled[key]
+    key = (graphdef, with_logits, replicated, rows)
+    if key in _STEPS:
+        return params, _STEPS[key]
 
     def step(state, images):
         net = nnx.merge(graphdef, state)
@@ -170,8 +177,8 @@ def _compiled_step(
         return feats
 
     out = (rows, rows) if with_logits else rows
-    compiled[key] = jax.jit(step, in_shardings=(replicated, rows), out_shardings=out)
-    return params, compiled[key]
+    _STEPS[key] = jax.jit(step, in_shardings=(replicated, rows), out_shardings=out)
+    return params, _STEPS[key]
 
 
 def _rows(parts: list[jax.Array], n: int) -> jax.Array:
@@ -186,18 +193,14 @@ def _batches(
     rows: NamedSharding,
     workers: int,
 ) -> Iterator[dict[int, jax.Array]]:
-    """Yields ``{size: (batch, size, size, 3) images sharded by rows}``, in order.
-
-    This process decodes only the rows its own devices hold; the next batch is
-    decoded by the pool while the caller runs the current one.
-    """
+    """Yields ``{size: (batch, size, size, 3) images sharded by rows}``, in order, the
+    last batch padded with zeros; the next batch is decoded by the pool while the
+    caller runs the current one."""
     n = len(folder)
-    local = _local_rows(rows, batch)
 
     def prepare(offset: int) -> dict[int, np.ndarray]:
         out = {s: np.zeros((batch, s, s, 3), np.float32) for s in sizes}
-        wanted = [i for i in local if offset + i < n]
-        for i, images in zip(wanted, pool.map(load, [offset + i for i in wanted]), strict=True):
+        for i, images in enumerate(pool.map(load, range(offset, min(offset + batch, n)))):
             for s in sizes:
                 out[s][i] = images[s]
         return out
@@ -216,15 +219,4 @@ def _batches(
             host = pending.result()
             if k + 1 < len(offsets):
                 pending = ahead.submit(prepare, offsets[k + 1])
-            yield {
-                s: jax.make_array_from_callback(x.shape, rows, lambda idx, x=x: x[idx])
-                for s, x in host.items()
-            }
-
-
-def _local_rows(rows: NamedSharding, batch: int) -> list[int]:
-    """The rows of a ``batch`` that this process's devices hold, sorted."""
-    held = set()
-    for index in rows.addressable_devices_indices_map((batch,)).values():
-        held.update(range(batch)[index[0]])
-    return sorted(held)
+            yield {s: jax.device_put(x, rows) for s, x in host.items()}
