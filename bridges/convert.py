@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -39,7 +40,7 @@ from .flax_models import (
     Preprocess,
     ResNetConfig,
     ViTConfig,
-    from_spec,
+    abstract_model,
     resolve,
 )
 
@@ -171,7 +172,10 @@ def _source_shape(kind: str, shape: tuple[int, ...], parts: int) -> tuple[int, .
     return (shape[0] // parts, *shape[1:])
 
 
-def _to_flax(kind: str, array: np.ndarray) -> np.ndarray:
+def _to_flax(kind: str, arrays: list[Any]) -> jax.Array:
+    """The flax parameter from its source tensor(s): jnp throughout, so that a conversion
+    also runs under ``jax.eval_shape`` on shapes alone."""
+    array = jnp.concatenate([jnp.asarray(a, jnp.float32) for a in arrays], axis=0)
     if kind == "conv":
         return array.transpose(2, 3, 1, 0)
     if kind == "linear":
@@ -181,7 +185,7 @@ def _to_flax(kind: str, array: np.ndarray) -> np.ndarray:
 
 def _abstract(spec: ArchSpec) -> tuple[nnx.GraphDef, nnx.State]:
     """The model's structure and parameter shapes, without initialising anything."""
-    return nnx.split(nnx.eval_shape(lambda: from_spec(spec)))
+    return nnx.split(abstract_model(spec))
 
 
 def _filled(graphdef: nnx.GraphDef, state: nnx.State, values: Mapping[tuple, Any]) -> nnx.Module:
@@ -190,7 +194,7 @@ def _filled(graphdef: nnx.GraphDef, state: nnx.State, values: Mapping[tuple, Any
         holder = pure
         for part in path[:-1]:
             holder = holder[part]
-        holder[path[-1]] = jnp.asarray(value, dtype=jnp.float32)
+        holder[path[-1]] = value
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 
@@ -203,7 +207,10 @@ def convert(
     source: str | os.PathLike | None = None,
 ) -> nnx.Module:
     """The flax model of ``arch`` with the weights of a torchvision / timm / Hugging Face
-    state dict (arrays keyed as the torch model's ``state_dict``).
+    state dict (arrays keyed as the torch model's ``state_dict``; Hugging Face's as in its
+    files, what ``save_pretrained`` writes and the hub holds:
+    ``vit.encoder.layer.N.attention.attention.query.weight``, not the names transformers 5
+    uses in memory).
 
     The number of classes and a ViT's image size follow the state's classifier and
     position embedding (``config`` as in :func:`~ncti_jax.bridges.flax_models.resolve`
@@ -233,8 +240,7 @@ def convert(
         ]
         wrong += bad
         if not bad:
-            stacked = np.concatenate([np.asarray(state[key]) for key in entry.keys], axis=0)
-            values[entry.path] = _to_flax(entry.kind, stacked)
+            values[entry.path] = _to_flax(entry.kind, [state[key] for key in entry.keys])
     if missing or unexpected or wrong:
         raise ValueError(
             f"{where}: the weights do not match {arch!r}: "
@@ -270,7 +276,7 @@ def _shape_overrides(
         head = "heads.head.weight" if spec.source == "torchvision" else "head.weight"
         pos = "encoder.pos_embedding" if spec.source == "torchvision" else "pos_embed"
         if pos in state and np.ndim(state[pos]) == 3:
-            grid = int(round((np.shape(state[pos])[1] - 1) ** 0.5))
+            grid = math.isqrt(np.shape(state[pos])[1] - 1)
             out.setdefault("image_size", grid * spec.config.patch_size)
     if head in state and np.ndim(state[head]) == 2:
         out["num_classes"] = int(np.shape(state[head])[0])

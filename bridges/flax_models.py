@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -176,7 +177,8 @@ def resolve(
     cache when None); for timm models optionally their config.json (its
     ``pretrained_cfg`` mean, std and input size are honoured); for ViTs
     ``{"image_size": 32}`` sets a smaller input (the position embedding follows).
-    ``num_classes`` is the head's size (an ``hf:`` model's comes from its config).
+    ``num_classes`` is the head's size (``config["num_classes"]`` wins; an ``hf:``
+    model's comes from its config's labels).
 
     Raises:
       ValueError: an arch the flax path does not port, or an unusable config.
@@ -195,10 +197,10 @@ def resolve(
         size = int(config.get("image_size", cfg.get("input_size", (3, 224, 224))[-1]))
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if name in _RESNETS else (HALF, HALF)
         mean, std = tuple(cfg.get("mean", mean)), tuple(cfg.get("std", std))
-        num_classes = int(config.get("num_classes", num_classes))
     else:
         size = int(config.get("image_size", 224))
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    num_classes = int(config.get("num_classes", num_classes))
     preprocess = Preprocess(size, mean, std)
     if name in _RESNETS:
         block, layers = _RESNETS[name]
@@ -356,7 +358,9 @@ class ResNet(nnx.Module):
         self.conv1 = _conv(3, 64, 7, 2, rngs)
         self.bn1 = _bn(64, rngs)
         cin = 64
-        for stage, (count, width) in enumerate(zip(config.layers, (64, 128, 256, 512)), 1):
+        for stage, (count, width) in enumerate(
+            zip(config.layers, (64, 128, 256, 512), strict=True), 1
+        ):
             blocks = []
             for i in range(count):
                 blocks.append(block(cin, width, 2 if i == 0 and stage > 1 else 1, rngs))
@@ -462,12 +466,49 @@ class VisionTransformer(nnx.Module):
         return self.norm(x)[:, 0]
 
 
-def from_spec(spec: ArchSpec, *, seed: int = 0) -> ResNet | VisionTransformer:
-    """The model of a resolved ``spec``, randomly initialised from ``seed``."""
-    rngs = nnx.Rngs(seed)
-    if isinstance(spec.config, ResNetConfig):
-        return ResNet(spec, rngs)
-    return VisionTransformer(spec, rngs)
+class _OneKey:
+    """Stands in for ``nnx.Rngs`` where only a model's structure is wanted (under
+    ``nnx.eval_shape``): every draw gets the same key and no counter is updated inside
+    the trace (flax's checks of a traced counter make tracing ResNet-152 take 5 s, not 1)."""
+
+    def __init__(self) -> None:
+        self._key = jax.random.key(0)
+
+    def params(self) -> jax.Array:
+        return self._key
+
+
+def abstract_model(spec: ArchSpec) -> ResNet | VisionTransformer:
+    """The model of ``spec`` with shapes in place of parameters, nothing initialised."""
+    kind = ResNet if isinstance(spec.config, ResNetConfig) else VisionTransformer
+    return nnx.eval_shape(lambda: kind(spec, _OneKey()))
+
+
+def random_model(spec: ArchSpec, *, seed: int) -> ResNet | VisionTransformer:
+    """The model of ``spec`` with parameters drawn by NumPy from ``seed``: kernels
+    normal / sqrt(fan-in), class token and position embedding normal x 0.02, norms and
+    BatchNorm statistics at their identity (scale and variance 1, shift and mean 0).
+
+    Drawn on the host rather than by each layer's flax initialiser, which run eagerly
+    compile one random kernel per parameter shape (seconds per model on a CPU).
+    """
+    graphdef, state = nnx.split(abstract_model(spec))
+    rng = np.random.default_rng(seed)
+    pure = state.to_pure_dict()
+
+    def draw(path: tuple[jax.tree_util.DictKey, ...], leaf: jax.ShapeDtypeStruct) -> jax.Array:
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            scale = 1.0 / math.sqrt(math.prod(shape[:-1]))
+        elif name in ("cls_token", "pos_embed"):
+            scale = 0.02
+        else:
+            fill = 1.0 if name in ("scale", "var") else 0.0
+            return jnp.asarray(np.full(shape, fill, np.float32))
+        return jnp.asarray(scale * rng.standard_normal(shape, dtype=np.float32))
+
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(draw, pure))
+    return nnx.merge(graphdef, state)
 
 
 def build(
@@ -478,7 +519,8 @@ def build(
     num_classes: int = 1000,
 ) -> ResNet | VisionTransformer:
     """A randomly initialised model of ``arch`` (see :func:`resolve` for ``config`` and
-    ``num_classes``); :func:`ncti_jax.bridges.convert.convert` gives one with weights.
+    ``num_classes``, :func:`random_model` for the draw);
+    :func:`ncti_jax.bridges.convert.convert` gives one with weights.
 
     Example::
 
@@ -486,4 +528,4 @@ def build(
         features = model(jnp.zeros((2, 32, 32, 3)))  # (2, 384)
         logits = model.head(features)  # (2, 1000)
     """
-    return from_spec(resolve(arch, config=config, num_classes=num_classes), seed=seed)
+    return random_model(resolve(arch, config=config, num_classes=num_classes), seed=seed)
