@@ -151,12 +151,6 @@ def test_torchvision_deep_resnet_parity(arch, rng, seed):
     _check_parity(arch, state, reference, 64, rng)
 
 
-def test_torchvision_vit_parity(rng, seed):
-    gen = torch.Generator().manual_seed(seed)
-    state, reference = _torchvision("vit_b_16", gen, image_size=VIT_SIZE)
-    _check_parity("vit_b_16", state, reference, VIT_SIZE, rng)
-
-
 @pytest.mark.parametrize(
     "arch",
     ["timm:resnet50.a1_in1k", "timm:vit_small_patch16_224", "timm:vit_base_patch16_224"],
@@ -176,6 +170,27 @@ def test_hf_vit_parity_from_safetensors(rng, seed, tmp_path):
     assert fm.resolve(arch).config.eps == 1e-12
     state = cv.read_safetensors(tmp_path / "model.safetensors")
     _check_parity(arch, state, reference, VIT_SIZE, rng)
+
+
+def test_hf_vit_backbone_has_no_head(rng, seed, tmp_path):
+    """A ViTModel checkpoint (no classifier): the same features, its pooler left unused,
+    and no head (source logits need a classifier)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=VIT_SIZE,
+    )  # fmt: skip
+    model = _randomised(lambda: transformers.ViTModel(config), torch.Generator().manual_seed(seed))
+    model.save_pretrained(tmp_path)
+    state = cv.read_safetensors(tmp_path / "model.safetensors")
+    assert "pooler.dense.weight" in state
+    converted = cv.convert(f"hf:{tmp_path}", state)
+    images = rng.standard_normal((2, 3, VIT_SIZE, VIT_SIZE)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).last_hidden_state[:, 0].numpy()
+    features, logits, _ = _flax_forward(converted, images)
+    assert converted.head is None and logits is None
+    assert _rel(features, expected) < RTOL
 
 
 @pytest.mark.parametrize(
@@ -225,9 +240,10 @@ def test_hf_vit_base_file_keys_and_shapes(tmp_path):
     _check_converts_on_shapes(f"hf:{tmp_path}", shapes, count)
 
 
-def test_torch_checkpoint_round_trip(rng, seed, tmp_path):
-    """A wrapped .pth (state_dict under 'state_dict', DataParallel's module. prefix) reads
-    back to the same model; torchvision ViT's own encoder.* keys keep their prefix."""
+def test_torchvision_vit_parity_from_wrapped_checkpoint(rng, seed, tmp_path):
+    """vit_b_16 through a .pth as training scripts leave them (the state dict under
+    'state_dict', DataParallel's module. prefix): read back key for key, torchvision ViT's
+    own encoder.* keys kept, then converted."""
     gen = torch.Generator().manual_seed(seed)
     state, reference = _torchvision("vit_b_16", gen, image_size=VIT_SIZE)
     path = tmp_path / "vit.pth"
@@ -342,7 +358,7 @@ def test_build_is_batch_independent_and_checks_images(rng):
     assert model.feature_dim == 384 and model.head.out_features == 1000
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-    images = rng.standard_normal((3, VIT_SIZE, VIT_SIZE, 3)).astype(np.float32)
+    images = rng.standard_normal((2, VIT_SIZE, VIT_SIZE, 3)).astype(np.float32)
     whole = np.asarray(forward(state, images))
     parts = np.concatenate([np.asarray(forward(state, images[:1])), forward(state, images[1:])])
     assert _rel(parts, whole) < 1e-5  # the same up to the rounding of another matmul tiling
