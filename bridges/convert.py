@@ -4,8 +4,8 @@ Conversion is exact: each torch tensor lands in one flax parameter, transposed
 where the layouts differ (conv OIHW -> HWIO, linear (out, in) -> (in, out)),
 BatchNorm's running statistics included, Hugging Face's separate q/k/v stacked
 into the fused projection. Every key of the source state dict must be used
-(BatchNorm's ``num_batches_tracked`` and a Hugging Face backbone's unused
-``pooler.*`` are the only ones skipped) and every parameter filled: otherwise one
+(BatchNorm's ``num_batches_tracked`` and a Hugging Face ViT's pooler, which the
+features do not go through, are the only ones skipped) and every parameter filled: otherwise one
 error lists every missing, unexpected and wrongly shaped key.
 
 Files are read without torch where they can be (:func:`read_safetensors`); a
@@ -154,8 +154,8 @@ def _skipped(key: str, spec: ArchSpec) -> bool:
     """Source keys that carry nothing the eval-mode features need."""
     if key.endswith(_SKIPPED_SUFFIXES):
         return True
-    # A Hugging Face ViTModel's pooler (tanh(dense(CLS))) is not the classifier's input.
-    return spec.source == "hf" and not spec.config.num_classes and key.startswith("pooler.")
+    # A Hugging Face ViT's pooler (tanh(dense(CLS))) is not the classifier's input.
+    return spec.source == "hf" and key.startswith(("pooler.", "vit.pooler."))
 
 
 def expected_keys(spec: ArchSpec) -> set[str]:
@@ -215,6 +215,8 @@ def convert(
     The number of classes and a ViT's image size follow the state's classifier and
     position embedding (``config`` as in :func:`~ncti_jax.bridges.flax_models.resolve`
     otherwise; an ``hf:`` model's config.json is needed).
+
+    ``source``, the file the state was read from, is named in errors.
 
     Raises:
       ValueError: keys missing or unexpected, or tensors of the wrong shape: all of
@@ -292,7 +294,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"weights file {path} does not exist.")
     try:
         return load_file(path)
-    except Exception as err:  # safetensors' own errors: header, dtype (bfloat16), truncation
+    except Exception as err:  # safetensors' own errors: header, unknown dtype, truncation
         raise ValueError(f"{path}: not a readable safetensors file ({err}).") from None
 
 

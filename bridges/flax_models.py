@@ -130,27 +130,38 @@ def _split(arch: str) -> tuple[str, str]:
     return source, name
 
 
-def hf_config(arch: str, config: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
-    """The config.json of ``hf:<repo or directory>``: ``config`` if given, else the file in
-    the local directory, else the one in the Hugging Face cache (when huggingface_hub is
-    installed); None when none is found."""
-    if config is not None:
-        return config
+def _hf_file(arch: str, filename: str) -> Path | None:
+    """``filename`` of ``hf:<repo or directory>``: in the local directory, else in the
+    Hugging Face cache (when huggingface_hub is installed); None when neither has it."""
     name = arch.partition(":")[2]
-    path = Path(name) / "config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        cached = try_to_load_from_cache(name, "config.json")
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
+    path = Path(name) / filename
+    if path.is_file():
+        return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(name, filename)
+    except ValueError:  # not a repository id either (HFValidationError)
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _read_json(arch: str, path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ValueError(f"model {arch!r}: cannot read {path} ({err}).") from None
+
+
+def hf_config(arch: str, config: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+    """The config.json of ``hf:<repo or directory>``: ``config`` if given, else the file in
+    the local directory or the Hugging Face cache; None when none is found."""
+    if config is not None:
+        return config
+    path = _hf_file(arch, "config.json")
+    return None if path is None else _read_json(arch, path)
 
 
 def supports(arch: str, config: Mapping[str, Any] | None = None) -> bool:
@@ -253,10 +264,10 @@ def _resolve_hf(arch: str, config: Mapping[str, Any]) -> ArchSpec:
 
 
 def _hf_preprocess(arch: str, size: int) -> Preprocess:
-    """From the directory's preprocessor_config.json when there is one, else
+    """From the model's preprocessor_config.json when there is one, else
     ViTImageProcessor's defaults (mean and std 0.5) at the model's image size."""
-    path = Path(arch.partition(":")[2]) / "preprocessor_config.json"
-    processor = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path = _hf_file(arch, "preprocessor_config.json")
+    processor = {} if path is None else _read_json(arch, path)
     target = processor.get("size", {})
     if isinstance(target, Mapping):
         size = int(target.get("height", size))
