@@ -1,7 +1,8 @@
 """Framework bridges: torchvision, timm and Hugging Face models -> penultimate features -> JAX.
 
 Installed as ``ncti_jax.bridges`` (the ``torch`` extra). torch is imported by these
-modules and nowhere else in the project; importing this package itself imports
+modules (but for the flax ones, which import it only to read a torch checkpoint) and
+nowhere else in the project; importing this package itself imports
 nothing heavy: :func:`rank_zoo`, :func:`extract_zoo` and :class:`ZooFeatures` are
 imported from :mod:`ncti_jax.bridges.pipeline` on first use.
 
@@ -15,6 +16,10 @@ imported from :mod:`ncti_jax.bridges.pipeline` on first use.
 - :mod:`ncti_jax.bridges.extract`: one pass over the data for the whole zoo; feature stores.
 - :mod:`ncti_jax.bridges.dlpack`: zero-copy torch -> JAX handoff.
 - :mod:`ncti_jax.bridges.cli`: ``ncti extract``, ``ncti rank`` and ``ncti demo``.
+- :mod:`ncti_jax.bridges.flax_models`: flax (NNX) ports of the ResNets and ViTs, for the
+  JAX-native path (no torch).
+- :mod:`ncti_jax.bridges.convert`: torchvision / timm / Hugging Face weights -> those ports
+  (safetensors read without torch), cached with orbax.
 """
 
 from __future__ import annotations
