@@ -1,7 +1,8 @@
 """Framework bridges: torchvision, timm and Hugging Face models -> penultimate features -> JAX.
 
 Installed as ``ncti_jax.bridges`` (the ``torch`` extra). torch is imported by these
-modules and nowhere else in the project; importing this package itself imports
+modules (but for the flax ones, which import it only to read a torch checkpoint) and
+nowhere else in the project; importing this package itself imports
 nothing heavy: :func:`rank_zoo`, :func:`extract_zoo` and :class:`ZooFeatures` are
 imported from :mod:`ncti_jax.bridges.pipeline` on first use.
 
@@ -18,6 +19,10 @@ imported from :mod:`ncti_jax.bridges.pipeline` on first use.
 - :mod:`ncti_jax.bridges.images`: image folders decoded and preprocessed without torch.
 - :mod:`ncti_jax.bridges.jax_extract`: the JAX-native extraction, data parallel over a mesh.
 - :mod:`ncti_jax.bridges.cli`: ``ncti extract``, ``ncti rank`` and ``ncti demo``.
+- :mod:`ncti_jax.bridges.flax_models`: flax (NNX) ports of the ResNets and ViTs, for the
+  JAX-native path (no torch).
+- :mod:`ncti_jax.bridges.convert`: torchvision / timm / Hugging Face weights -> those ports
+  (safetensors read without torch), cached with orbax.
 """
 
 from __future__ import annotations

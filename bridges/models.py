@@ -260,6 +260,7 @@ def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[s
             for prefix in _PREFIXES:
                 if k.startswith(prefix):
                     k, changed = k[len(prefix) :], True
+                    break  # look again: the key may now be expected (ViT's own encoder.*)
         out[k] = value
     return out
 
