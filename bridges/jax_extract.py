@@ -170,11 +170,14 @@ def _compiled_step(model, replicated: NamedSharding, rows: NamedSharding, with_l
         return params, _STEPS[key]
 
     def step(state, images):
-        net = nnx.merge(graphdef, state)
-        feats = net(images).astype(jnp.float32)
-        if with_logits:
-            return feats, net.head(feats).astype(jnp.float32)
-        return feats
+        # float32 products in full (a TPU's default passes them through bfloat16, 1e-3
+        # off): the features are the torch models' to 1e-4 on every backend.
+        with jax.default_matmul_precision("float32"):
+            net = nnx.merge(graphdef, state)
+            feats = net(images).astype(jnp.float32)
+            if with_logits:
+                return feats, net.head(feats).astype(jnp.float32)
+            return feats
 
     out = (rows, rows) if with_logits else rows
     _STEPS[key] = jax.jit(step, in_shardings=(replicated, rows), out_shardings=out)
