@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import hf_cache
 from .zoo import ModelSpec, init_seed
 
 _HF_CONFIG = "config.json"
@@ -138,7 +139,9 @@ def timm_weights_location(spec: ModelSpec) -> str:
     cfg = _timm_cfg(spec)
     if cfg.hf_hub_id:
         repo = cfg.hf_hub_id.split("@")[0]
-        return f"{hf_cache_dir(repo)} (file {_TIMM_WEIGHTS[0]} of https://huggingface.co/{repo})"
+        return (
+            f"{hf_cache.repo_dir(repo)} (file {_TIMM_WEIGHTS[0]} of https://huggingface.co/{repo})"
+        )
     return (
         f"{Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(cfg.url)} (from {cfg.url})"
     )
@@ -151,9 +154,11 @@ def timm_weights_problem(spec: ModelSpec, download: bool) -> tuple[str | None, s
     if cfg.hf_hub_id:
         repo, _, revision = cfg.hf_hub_id.partition("@")
         files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _TIMM_WEIGHTS
-        cached = _hf_cached(repo, files, revision or None)
-        error = _hf_download(repo, files, revision or None) if not cached and download else None
-        if _hf_cached(repo, files, revision or None):
+        cached = _cached(repo, files, revision or None)
+        error = (
+            hf_cache.download(repo, files, revision or None) if not cached and download else None
+        )
+        if _cached(repo, files, revision or None):
             return None, error
         return f"model {spec.name!r}: {timm_weights_location(spec)} is missing", error
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
@@ -183,41 +188,8 @@ class HFFeatures(nn.Module):
         return self.model(pixel_values=x).logits.flatten(1)
 
 
-def hf_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
-    return bool(require("huggingface_hub", "hf").constants.HF_HUB_OFFLINE)
-
-
-def hf_cache_dir(repo: str) -> Path:
-    """The HF hub cache folder of a model repo (its files under ``snapshots/<revision>/``)."""
-    constants = require("huggingface_hub", "hf").constants
-    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
-
-
-def _hf_cached(repo: str, files: tuple[str, ...], revision: str | None = None) -> bool:
-    hub = require("huggingface_hub", "hf")
-    return any(
-        isinstance(hub.try_to_load_from_cache(repo, f, revision=revision), str) for f in files
-    )
-
-
-def _hf_download(repo: str, files: tuple[str, ...], revision: str | None = None) -> str | None:
-    """Downloads the first of ``files`` the repo has (and a sharded index's shards) into
-    the HF cache; returns the error of a failed download (offline), None otherwise."""
-    hub = require("huggingface_hub", "hf")
-    for name in files:
-        try:
-            path = hub.hf_hub_download(repo, name, revision=revision)
-        except hub.errors.EntryNotFoundError:
-            continue
-        except Exception as err:  # offline, unknown repo, HTTP errors
-            return f"{type(err).__name__}: {str(err).splitlines()[0]}"
-        if name.endswith(".index.json"):
-            shards = json.loads(Path(path).read_text(encoding="utf-8"))["weight_map"].values()
-            for shard in sorted(set(shards)):
-                hub.hf_hub_download(repo, shard, revision=revision)
-        return None
-    return None
+def _cached(repo: str, files: tuple[str, ...], revision: str | None = None) -> bool:
+    return hf_cache.cached(repo, files, revision) is not None
 
 
 def _is_local(spec: ModelSpec) -> bool:
@@ -238,11 +210,11 @@ def hf_weights_problem(spec: ModelSpec, download: bool) -> tuple[list[str], str 
         ], None
     problems, error = [], None
     for files in needed:
-        if not _hf_cached(spec.model_id, files) and download and error is None:
-            error = _hf_download(spec.model_id, files)
-        if not _hf_cached(spec.model_id, files):
+        if not _cached(spec.model_id, files) and download and error is None:
+            error = hf_cache.download(spec.model_id, files)
+        if not _cached(spec.model_id, files):
             problems.append(
-                f"model {spec.name!r}: {hf_cache_dir(spec.model_id)} has no {files[0]}"
+                f"model {spec.name!r}: {hf_cache.repo_dir(spec.model_id)} has no {files[0]}"
                 + (f" (nor {', '.join(files[1:])})" if len(files) > 1 else "")
                 + f" (from https://huggingface.co/{spec.model_id})"
             )

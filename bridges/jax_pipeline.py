@@ -295,27 +295,18 @@ def _hub_file(
 ) -> tuple[Path, str | None]:
     """``filename`` of the hub repository ``repo`` from the Hugging Face cache, downloaded
     when it is not there and a download can be tried."""
-    try:
-        import huggingface_hub as hub
-        from huggingface_hub import constants
-    except ImportError:
+    from . import hf_cache
+
+    path = hf_cache.cached(repo, [filename])
+    if path is None and offline is None and not hf_cache.offline():
+        offline = hf_cache.download(repo, [filename])
+        path = hf_cache.cached(repo, [filename])
+    if path is None:
         raise WeightsUnavailable(
-            f"model {spec.name!r}: reading the Hugging Face cache needs huggingface_hub "
-            "(pip install 'ncti-jax[flax]')"
-        ) from None
-    cached = hub.try_to_load_from_cache(repo, filename)
-    if isinstance(cached, str):
-        return Path(cached), offline
-    if offline is None and not constants.HF_HUB_OFFLINE:
-        try:
-            return Path(hub.hf_hub_download(repo, filename)), offline
-        except Exception as err:  # offline, no such repo, no such file
-            offline = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
-    raise WeightsUnavailable(
-        f"model {spec.name!r}: {filename} of {repo} is not in the Hugging Face cache "
-        f"(expected under {folder}/snapshots/<revision>/)"
-    )
+            f"model {spec.name!r}: {filename} of {repo} is not in the Hugging Face cache "
+            f"(expected under {hf_cache.repo_dir(repo)}/snapshots/<revision>/)"
+        )
+    return path, offline
 
 
 def _folder_path(dataset: str, root: str | os.PathLike | None) -> Path:

@@ -30,7 +30,7 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-from . import hub
+from . import hf_cache, hub
 from .zoo import (  # noqa: F401  (re-exported: the zoo's names, from before zoo.py)
     GROUP1,
     GROUP2,
@@ -181,13 +181,13 @@ def check_weights(specs: Sequence[ModelSpec], *, download: bool = True) -> None:
     problems, offline, caches = [], None, set()
     for spec in specs:
         if spec.source == "hf":
-            fetch = download and offline is None and not hub.hf_offline()
+            fetch = download and offline is None and not hf_cache.offline()
             found, error = hub.hf_weights_problem(spec, fetch)
             caches.add("hf")
         elif spec.checkpoint is not None or spec.weights is None:
             continue
         elif spec.source == "timm":
-            fetch = download and offline is None and not hub.hf_offline()
+            fetch = download and offline is None and not hf_cache.offline()
             problem, error = hub.timm_weights_problem(spec, fetch)
             found = [problem] if problem else []
             caches.add("hf")
@@ -204,7 +204,7 @@ def check_weights(specs: Sequence[ModelSpec], *, download: bool = True) -> None:
             )
         if "hf" in caches:
             where.append(
-                f"the Hugging Face cache {hub.hf_cache_dir('x/y').parent} (or point HF_HOME at one that has them)"
+                f"the Hugging Face cache {hf_cache.repo_dir('x/y').parent} (or point HF_HOME at one that has them)"
             )
         raise WeightsError(
             f"{len(problems)} pre-trained weights file(s) cannot be had"
