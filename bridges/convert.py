@@ -189,7 +189,7 @@ def _abstract(spec: ArchSpec) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def _filled(graphdef: nnx.GraphDef, state: nnx.State, values: Mapping[tuple, Any]) -> nnx.Module:
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     for path, value in values.items():
         holder = pure
         for part in path[:-1]:
@@ -360,7 +360,7 @@ def save_converted(model: nnx.Module, directory: str | os.PathLike, *, source_di
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         checkpointer = _checkpointer()
-        checkpointer.save(tmp / _PARAMS, nnx.state(model).to_pure_dict())
+        checkpointer.save(tmp / _PARAMS, nnx.to_pure_dict(nnx.state(model)))
         checkpointer.wait_until_finished()
         meta = {
             "schema": CACHE_SCHEMA,
@@ -409,7 +409,9 @@ def load_converted(
         return None
     spec = _spec_from_meta(arch, meta)
     graphdef, abstract = _abstract(spec)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract.to_pure_dict())
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract)
+    )
     restored = _checkpointer().restore(directory / _PARAMS, target)
     nnx.replace_by_pure_dict(abstract, restored)
     return nnx.merge(graphdef, abstract)

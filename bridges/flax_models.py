@@ -505,7 +505,7 @@ def random_model(spec: ArchSpec, *, seed: int) -> ResNet | VisionTransformer:
     """
     graphdef, state = nnx.split(abstract_model(spec))
     rng = np.random.default_rng(seed)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
 
     def draw(path: tuple[jax.tree_util.DictKey, ...], leaf: jax.ShapeDtypeStruct) -> jax.Array:
         name, shape = path[-1].key, leaf.shape
