@@ -79,6 +79,7 @@ def extract(backend, zoo_file, image_folder, **kw):
         image_size=SIZE,
         batch_size=5,
         device="cpu",
+        workers=0,  # no fork of this process, where JAX's threads run
         progress=False,
         **kw,
     )
