@@ -22,6 +22,7 @@ class Contender:
     engine: str  # "jax", "reference" or "authors"
     precision: str = "highest"  # JAX matmul precision
     on_device: bool = False  # features put on the default JAX device before timing
+    eigensolver: str = "topk"  # the device path's PCA eigensolver (ncti_jax.defaults)
     requires: str | None = None  # an optional module it needs
 
     @property
@@ -38,6 +39,27 @@ CONTENDERS = {
             "ncti_jax.score_zoo, features already on the device (jax.device_put, untimed)",
             "jax",
             on_device=True,
+        ),
+        Contender(
+            "jax-device-eigh",
+            "as jax-device, the full eigh for the PCA (before the top-k solver)",
+            "jax",
+            on_device=True,
+            eigensolver="eigh",
+        ),
+        Contender(
+            "jax-device-tf32",
+            "as jax-device, the top-k solver on a TF32 scatter refined on the exact one",
+            "jax",
+            on_device=True,
+            eigensolver="topk-tf32",
+        ),
+        Contender(
+            "jax-device-bf16",
+            "as jax-device, the top-k solver on a bfloat16 scatter refined on the exact one",
+            "jax",
+            on_device=True,
+            eigensolver="topk-bf16",
         ),
         Contender(
             "jax-high",
@@ -91,6 +113,20 @@ def _outputs(result) -> dict:
     }
 
 
+def _engine_outputs(result) -> dict:
+    """:func:`_outputs` of an ``NCTIResult``, with the models whose top-k PCA eigensolver
+    fell back to the full eigh and the solver's largest certified residual."""
+    from ncti_jax import Status
+
+    out = _outputs(result)
+    fell = (np.asarray(result.status) & Status.EIGENSOLVER_FALLBACK) > 0
+    out["details"] = {
+        "eigensolver_fallbacks": [m for m, f in zip(out["models"], fell, strict=True) if f],
+        "eigensolver_max_residual": float(np.max(result.eigen_residual, initial=0.0)),
+    }
+    return out
+
+
 def prepare(contender: Contender, features: Features) -> Features:
     """The features as the contender is given them (on the device, for ``on_device``)."""
     if not contender.on_device:
@@ -108,8 +144,10 @@ def runner(contender: Contender) -> Callable[[Features, np.ndarray], dict]:
         import ncti_jax
 
         def run(features, labels):
-            result = ncti_jax.score_zoo(features, labels, precision=contender.precision)
-            return _outputs(jax.block_until_ready(result))
+            result = ncti_jax.score_zoo(
+                features, labels, precision=contender.precision, eigensolver=contender.eigensolver
+            )
+            return _engine_outputs(jax.block_until_ready(result))
 
         return run
     if contender.engine == "reference":

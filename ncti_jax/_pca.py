@@ -87,6 +87,32 @@ def _topk_project(xc, col_sq, max_components, n_cols, k, linalg, scale):
     """:func:`pca_project` through the certified top-k solver: its code is ``TOPK``
     when the kept subspace is certified, else ``FALLBACK`` (the driver then
     recomputes the model with the exact ``eigh``)."""
+    evals, evecs, floors, residual, gap, certified, _ = topk_pca(
+        xc, col_sq, max_components, n_cols, k, linalg
+    )
+    z = evecs * jnp.sqrt(jnp.clip(evals, 0.0)) if xc.shape[0] < xc.shape[1] else xc @ evecs
+    code = jnp.where(certified, TOPK, FALLBACK).astype(jnp.int32)
+    return (*mask_components(z, evals, floors, max_components), scale, residual, gap, code)
+
+
+def topk_pca(
+    xc: jax.Array,
+    col_sq: jax.Array,
+    max_components: jax.Array,
+    n_cols: jax.Array,
+    k: int,
+    linalg: Linalg,
+) -> tuple[jax.Array, ...]:
+    """The top-``k`` eigenpairs of the scatter of centred, rescaled features ``xc``
+    (N, D) (of their N x N Gram when N < D) by :func:`ncti_jax._topk.topk_eigh`, with
+    its certificate.
+
+    Returns:
+      ``(evals (k,), evecs (D or N, k), floors (k,), residual, gap, certified,
+      iterations)``: the eigenpairs (decreasing), their rounding floors
+      (:func:`rounding_floors`), and :func:`ncti_jax._topk.certificate` of the
+      directions kept.
+    """
     n, d = xc.shape
     dtype = xc.dtype
     wide = n < d
@@ -99,18 +125,15 @@ def _topk_project(xc, col_sq, max_components, n_cols, k, linalg, scale):
 
     a = xc.T if wide else xc
     mode = linalg.gram_precision
-    scatter = _topk.gram(a, mode)
     row_mask = None if wide else jnp.arange(d) < n_cols
-    theta, vecs, res, _ = _topk.topk_eigh(scatter, k, kept, linalg, row_mask=row_mask)
+    theta, vecs, res, iters = _topk.topk_eigh(
+        _topk.gram(a, mode), k, kept, linalg, row_mask=row_mask
+    )
     if mode != "highest":
         theta, vecs, res = _topk.refine(a, vecs, linalg)
     evals, evecs = theta[:k], vecs[:, :k]
-    floors = floors_of(evals, evecs)
-    z = evecs * jnp.sqrt(jnp.clip(evals, 0.0)) if wide else xc @ evecs
-    masked = mask_components(z, evals, floors, max_components)
-    residual, gap, certified = _topk.certificate(theta, res, masked[2])
-    code = jnp.where(certified, TOPK, FALLBACK).astype(jnp.int32)
-    return (*masked, scale, residual, gap, code)
+    residual, gap, certified = _topk.certificate(theta, res, kept(evals, evecs))
+    return evals, evecs, floors_of(evals, evecs), residual, gap, certified, iters
 
 
 def rounding_floors(
