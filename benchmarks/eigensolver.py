@@ -87,7 +87,7 @@ def subspace_errors(feats, max_components: int, mode: str) -> list[float | None]
         r = int(jnp.sum(evals > floors))
         a = np.asarray(xc, np.float64)
         scatter = a @ a.T if n < d else a.T @ a
-        w, e = np.linalg.eigh(scatter)
+        _, e = np.linalg.eigh(scatter)
         exact = e[:, ::-1][:, :r]
         v = np.asarray(evecs, np.float64)[:, :r]
         out.append(float(np.linalg.norm(v - exact @ (exact.T @ v), 2)) if r else 0.0)
@@ -150,6 +150,23 @@ def covariance(d: int, seed: int = 0) -> np.ndarray:
 
 def timing(dims: list[int], repeats: int) -> list[dict]:
     """The time table: top-k vs full float32 eigh vs the host's float64 subset eigh."""
+    rows = []
+    for d in dims:
+        row = _time_one(d, 1 if d == max(dims) and d >= 4096 else repeats)
+        rows.append(row)
+        print(
+            f"D {d:>5}  top-k {row['topk_s']:7.3f} s ({row['topk_iters']} it, compile "
+            f"{row['topk_compile_s']:.1f} s)  eigh f32 {row['eigh_f32_s']:7.3f} s "
+            f"({row['eigh_f32_over_topk']:4.1f}x)  host f64 subset {row['host_f64_subset_s']:7.3f}"
+            f" s ({row['host_over_topk']:4.1f}x)  | subspace top-k {row['topk_subspace']:.1e}, "
+            f"eigh f32 {row['eigh_f32_subspace']:.1e}  eval top-k {row['topk_eval_err']:.1e}, "
+            f"eigh f32 {row['eigh_f32_eval_err']:.1e}",
+            flush=True,
+        )
+    return rows
+
+
+def _time_one(d: int, reps: int) -> dict:
     import jax
     import jax.numpy as jnp
     import scipy.linalg
@@ -159,74 +176,57 @@ def timing(dims: list[int], repeats: int) -> list[dict]:
     linalg = _linalg.Linalg.for_platform(
         jax.default_backend(), host_solve=False, eigensolver="topk"
     )
-    rows = []
-    for d in dims:
-        reps = 1 if d == max(dims) and d >= 4096 else repeats
-        c64 = covariance(d)
-        c32 = jnp.asarray(c64, jnp.float32)
-        w, e = scipy.linalg.eigh(c64, subset_by_index=(d - K, d - 1))
-        w, e = w[::-1], e[:, ::-1]
+    c64 = covariance(d)
+    c32 = jnp.asarray(c64, jnp.float32)
+    w, e = scipy.linalg.eigh(c64, subset_by_index=(d - K, d - 1))
+    w, e = w[::-1], e[:, ::-1]
 
-        def errors(evals, evecs):
-            evals = np.asarray(evals, np.float64)[:K]
-            v = np.asarray(evecs, np.float64)[:, :K]
-            return (
-                float(np.max(np.abs(evals - w)) / w[0]),
-                float(np.linalg.norm(v - e @ (e.T @ v), 2)),
-            )
+    def errors(evals, evecs):
+        evals = np.asarray(evals, np.float64)[:K]
+        v = np.asarray(evecs, np.float64)[:, :K]
+        return float(np.max(np.abs(evals - w)) / w[0]), float(np.linalg.norm(v - e @ (e.T @ v), 2))
 
-        def keep(evals, evecs):
-            return jnp.ones(K, bool)
+    def keep(evals, evecs):
+        return jnp.ones(K, bool)
 
-        topk = jax.jit(lambda c: _topk.topk_eigh(c, K, keep, linalg))
-        start = time.perf_counter()
-        theta, x, res, iters = jax.block_until_ready(topk(c32))
-        topk_compile = time.perf_counter() - start
-        t_topk = _median_time(lambda: jax.block_until_ready(topk(c32)), reps)
-        residual, gap, certified = _topk.certificate(theta, res, jnp.ones(K, bool))
-        topk_err = errors(theta, x)
+    topk = jax.jit(lambda c: _topk.topk_eigh(c, K, keep, linalg))
+    start = time.perf_counter()
+    theta, x, res, iters = jax.block_until_ready(topk(c32))
+    topk_compile = time.perf_counter() - start
+    t_topk = _median_time(lambda: jax.block_until_ready(topk(c32)), reps)
+    residual, gap, certified = _topk.certificate(theta, res, jnp.ones(K, bool))
+    topk_err = errors(theta, x)
 
-        full = jax.jit(jnp.linalg.eigh)
-        jax.block_until_ready(full(c32))
-        t_full = _median_time(lambda: jax.block_until_ready(full(c32)), reps)
-        fw, fv = full(c32)
-        full_err = errors(np.asarray(fw)[::-1], np.asarray(fv)[:, ::-1])
+    full = jax.jit(jnp.linalg.eigh)
+    jax.block_until_ready(full(c32))
+    t_full = _median_time(lambda: jax.block_until_ready(full(c32)), reps)
+    fw, fv = full(c32)
+    full_err = errors(np.asarray(fw)[::-1], np.asarray(fv)[:, ::-1])
 
-        lower = np.asfortranarray(c64)
-        t_host = _median_time(
-            lambda: scipy.linalg.eigh(
-                lower, lower=True, subset_by_index=(d - K, d - 1), check_finite=False
-            ),
-            reps,
-        )
-        row = {
-            "d": d,
-            "repeats": reps,
-            "topk_s": t_topk,
-            "topk_compile_s": topk_compile,
-            "topk_iters": int(iters),
-            "topk_certified": bool(certified),
-            "topk_residual": float(residual),
-            "topk_gap": float(gap),
-            "eigh_f32_s": t_full,
-            "host_f64_subset_s": t_host,
-            "eigh_f32_over_topk": t_full / t_topk,
-            "host_over_topk": t_host / t_topk,
-            "topk_eval_err": topk_err[0],
-            "topk_subspace": topk_err[1],
-            "eigh_f32_eval_err": full_err[0],
-            "eigh_f32_subspace": full_err[1],
-        }
-        rows.append(row)
-        print(
-            f"D {d:>5}  top-k {t_topk:7.3f} s ({int(iters)} it, compile {topk_compile:.1f} s)"
-            f"  eigh f32 {t_full:7.3f} s ({t_full / t_topk:4.1f}x)"
-            f"  host f64 subset {t_host:7.3f} s ({t_host / t_topk:4.1f}x)"
-            f"  | subspace top-k {topk_err[1]:.1e}, eigh f32 {full_err[1]:.1e}"
-            f"  eval top-k {topk_err[0]:.1e}, eigh f32 {full_err[0]:.1e}",
-            flush=True,
-        )
-    return rows
+    lower = np.asfortranarray(c64)
+    subset = (d - K, d - 1)
+    t_host = _median_time(
+        lambda: scipy.linalg.eigh(lower, lower=True, subset_by_index=subset, check_finite=False),
+        reps,
+    )
+    return {
+        "d": d,
+        "repeats": reps,
+        "topk_s": t_topk,
+        "topk_compile_s": topk_compile,
+        "topk_iters": int(iters),
+        "topk_certified": bool(certified),
+        "topk_residual": float(residual),
+        "topk_gap": float(gap),
+        "eigh_f32_s": t_full,
+        "host_f64_subset_s": t_host,
+        "eigh_f32_over_topk": t_full / t_topk,
+        "host_over_topk": t_host / t_topk,
+        "topk_eval_err": topk_err[0],
+        "topk_subspace": topk_err[1],
+        "eigh_f32_eval_err": full_err[0],
+        "eigh_f32_subspace": full_err[1],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ def solve(c, k, *, kept=None, row_mask=None, max_iters=_topk.MAX_ITERS):
     fn = jax.jit(
         lambda c: _topk.topk_eigh(c, k, keep, LINALG, row_mask=row_mask, max_iters=max_iters)
     )
-    theta, x, res, iters = fn(jnp.asarray(c, jnp.float32))
+    theta, x, res, _ = fn(jnp.asarray(c, jnp.float32))
     residual, gap, certified = _topk.certificate(theta, res, jnp.ones(k, bool))
     return np.asarray(theta, np.float64), np.asarray(x, np.float64), residual, gap, certified
 
@@ -72,7 +72,7 @@ def test_certificate_refuses_a_tiny_gap(rng):
     d, k = 128, 16
     lam = np.geomspace(1.0, 1e-2, d)
     lam[k] = lam[k - 1] * (1 - 1e-7)
-    theta, _, residual, gap, certified = solve(spectrum_matrix(rng, d, lam), k)
+    *_, gap, certified = solve(spectrum_matrix(rng, d, lam), k)
     assert float(gap) < 1e-5
     assert not bool(certified)
 
@@ -80,7 +80,7 @@ def test_certificate_refuses_a_tiny_gap(rng):
 def test_certificate_refuses_an_unconverged_block(rng):
     d, k = 128, 16
     lam = 1.0 / np.arange(1, d + 1)
-    *_, residual, gap, certified = solve(spectrum_matrix(rng, d, lam), k, max_iters=2)
+    *_, residual, _, certified = solve(spectrum_matrix(rng, d, lam), k, max_iters=2)
     assert float(residual) > _topk.RESIDUAL_CERT * EPS32
     assert not bool(certified)
 
