@@ -148,12 +148,9 @@ def test_tiny_gap_falls_back_to_exact_eigh(seed):
     assert not (np.asarray(exact.status) & flag).any()
     for f in ("etf", "ncc", "vc", "pca_rank", "shrinkage"):
         np.testing.assert_array_equal(getattr(result, f), getattr(exact, f))
-    # On the host path nothing changes: LAPACK's float64 subset eigh, no flag.
-    host = ncti_jax.score_zoo(feats, y, n_components=8)
-    assert not (np.asarray(host.status) & flag).any()
 
 
-@pytest.mark.parametrize("mode", ["topk-tf32", "topk-bf16"])
+@pytest.mark.parametrize("mode", [pytest.param("topk-tf32", marks=pytest.mark.slow), "topk-bf16"])
 def test_low_precision_scatter_is_refined_or_falls_back(mode, seed):
     """A TF32 / bfloat16 scatter plus one Rayleigh-Ritz step on the exact one: each model
     is either certified against the exact scatter (and then within 1e-4 of the reference)
