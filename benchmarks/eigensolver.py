@@ -1,7 +1,7 @@
 """The device path's top-k PCA eigensolver: accuracy over the input regimes, time against ``eigh``.
 
 ``python -m benchmarks.eigensolver [--regimes small] [--seeds 2] [--dims 512,1024,2048,4096]
-[--out FILE]``
+[--out DIR]``
 
 Two tables, in one process (CPU numbers unless run on an accelerator):
 
@@ -26,9 +26,12 @@ Two tables, in one process (CPU numbers unless run on an accelerator):
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -237,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dims", default="512,1024,2048,4096")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", choices=("accuracy", "timing"), help="leave a table out")
-    parser.add_argument("--out", help="write both tables to this JSON file")
+    parser.add_argument(
+        "--out",
+        help="a directory to write both tables to, as TAG-eigensolver-DATE.json (TAG: the "
+        "accelerator's kind or the CPU, as the other results files)",
+    )
     args = parser.parse_args(argv)
     out: dict = {}
     if args.skip != "accuracy":
@@ -250,9 +257,23 @@ def main(argv: list[str] | None = None) -> int:
         dims = [int(d) for d in args.dims.split(",")]
         out["timing"] = timing(dims, args.repeats)
     if args.out:
+        import jax
+
         from ncti_jax.io import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(out, indent=1))
+        from . import machine
+
+        today = datetime.datetime.now(datetime.UTC).date().isoformat()
+        path = Path(args.out) / f"{machine.tag()}-eigensolver-{today}.json"
+        out["machine"] = {
+            "tag": machine.tag(),
+            "backend": jax.default_backend(),
+            "jax": jax.__version__,
+            "load_average": list(os.getloadavg()),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(out, indent=1))
+        print(f"written: {path}")
     return 0
 
 
