@@ -7,12 +7,18 @@ can be compared with each other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
 Features = Mapping[str, np.ndarray]
+
+# Set to 1: the JAX contenders run the accelerators' numerics on any device
+# (ncti_jax._plan.device_numerics, fused): how gpu.sh --quick is dry-run on a CPU.
+DEVICE_NUMERICS_ENV = "NCTI_BENCH_DEVICE_NUMERICS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,11 +148,21 @@ def runner(contender: Contender) -> Callable[[Features, np.ndarray], dict]:
         import jax
 
         import ncti_jax
+        from ncti_jax import _plan
+
+        # A CPU dry run of gpu.sh traces the accelerators' code path (fused, the top-k
+        # solver and its fallback call) rather than the CPU's host path.
+        forced = os.environ.get(DEVICE_NUMERICS_ENV) == "1"
 
         def run(features, labels):
-            result = ncti_jax.score_zoo(
-                features, labels, precision=contender.precision, eigensolver=contender.eigensolver
-            )
+            with _plan.device_numerics() if forced else contextlib.nullcontext():
+                result = ncti_jax.score_zoo(
+                    features,
+                    labels,
+                    precision=contender.precision,
+                    eigensolver=contender.eigensolver,
+                    strategy="fused" if forced else "auto",
+                )
             return _engine_outputs(jax.block_until_ready(result))
 
         return run

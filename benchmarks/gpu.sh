@@ -49,6 +49,9 @@ step() {  # step SECONDS WHAT COMMAND...: runs COMMAND under its own time limit
 }
 
 stamp=$(mktemp)
+# A CPU dry run (JAX_PLATFORMS=cpu) traces the accelerators' code path: fused, the top-k
+# solver and its fallback call, instead of the CPU's float64 host path.
+[[ "${JAX_PLATFORMS:-}" == cpu ]] && export NCTI_BENCH_DEVICE_NUMERICS=1
 dims=512,1024,2048,4096
 [[ ${#quick[@]} -gt 0 ]] && dims=256,512
 

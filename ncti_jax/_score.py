@@ -356,6 +356,7 @@ def score_metrics(
     dtype: Any = None,
     names: Any = None,
     strategy: str = STRATEGIES[0],
+    eigensolver: str = EIGENSOLVERS[0],
     devices: Sequence[jax.Device] | None = None,
     memory_limit: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
@@ -372,8 +373,8 @@ def score_metrics(
     the device (no row streaming yet).
 
     Args:
-      features, labels, n_components, precision, dtype, names, strategy, devices,
-        memory_limit, chunk_rows, progress: as for :func:`score_zoo`.
+      features, labels, n_components, precision, dtype, names, strategy, eigensolver,
+        devices, memory_limit, chunk_rows, progress: as for :func:`score_zoo`.
       metrics: metric names (see :data:`ncti_jax.metrics.NAMES`), a comma-separated
         string of them, or ``"all"`` (every implemented metric).
       logits: ``{model: (N, S_m) logits}`` of each model's source classifier on the
@@ -416,6 +417,7 @@ def score_metrics(
         dtype=dtype,
         names=names,
         strategy=strategy,
+        eigensolver=_validate.check_choice(eigensolver, "eigensolver", EIGENSOLVERS),
         devices=_validate.check_devices(devices),
         memory_limit=_validate.check_memory_limit(memory_limit),
         rows=_validate.check_positive_int(chunk_rows, "chunk_rows"),
