@@ -130,7 +130,8 @@ def topk_pca(
         _topk.gram(a, mode), k, kept, linalg, row_mask=row_mask
     )
     if mode != "highest":
-        theta, vecs, res = _topk.refine(a, vecs, linalg)
+        theta, vecs, res, more = _topk.refine(a, vecs, k, kept, linalg)
+        iters = iters + more
     evals, evecs = theta[:k], vecs[:, :k]
     residual, gap, certified = _topk.certificate(theta, res, kept(evals, evecs))
     return evals, evecs, floors_of(evals, evecs), residual, gap, certified, iters

@@ -47,6 +47,9 @@ import numpy as np
 OVERSAMPLE = 32
 # Iterations before giving up (the model then falls back to the exact eigh).
 MAX_ITERS = 60
+# Iterations on the exact scatter after a TF32 / bfloat16 one (each about 2 b / D of the
+# scatter's cost).
+REFINE_ITERS = 12
 # Iterations stop when every kept residual is below RESIDUAL_TOL eps times lambda_1, or
 # when the largest one no longer falls by STALL per iteration (the rounding floor of the
 # dtype, a few eps; a full float32 eigh's residuals are of the same order).
@@ -143,12 +146,13 @@ def certificate(
 
 
 def topk_eigh(
-    c: jax.Array,
+    c: jax.Array | Callable[[jax.Array], jax.Array],
     k: int,
     kept_fn: Callable[[jax.Array, jax.Array], jax.Array],
     linalg,
     *,
     row_mask: jax.Array | None = None,
+    start: jax.Array | None = None,
     oversample: int = OVERSAMPLE,
     max_iters: int = MAX_ITERS,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -156,13 +160,15 @@ def topk_eigh(
     iteration (see the module notes).
 
     Args:
-      c: (D, D) symmetric PSD matrix (a centred scatter or Gram).
+      c: (D, D) symmetric PSD matrix (a centred scatter or Gram), or the function
+        ``q -> C @ q`` of one (then ``start`` is required).
       k: static number of eigenpairs.
       kept_fn: ``(evals (k,), evecs (D, k)) -> (k,) bool``, the directions the caller
         keeps (within its cap, above its rounding floors); only they must converge.
       linalg: how the small (b, b) problems are solved (:class:`ncti_jax._linalg.Linalg`).
       row_mask: (D,) bool, the coordinates that are not padding (the start block is
         zero elsewhere, so are the eigenvectors).
+      start: (D, b) the starting block (default: random, ``b = min(k + oversample, D)``).
       oversample, max_iters: block columns beyond ``k``; iterations at most.
 
     Returns:
@@ -170,15 +176,18 @@ def topk_eigh(
       Ritz vectors (D, b), their residual norms ``||c x - theta x||`` (b,), and the
       iterations taken.
     """
-    d = c.shape[0]
-    b = min(k + oversample, d)
-    start = jax.random.normal(jax.random.PRNGKey(0), (d, b), c.dtype)
-    if row_mask is not None:
-        start = jnp.where(row_mask[:, None], start, 0.0)
+    apply = c if callable(c) else c.__matmul__
+    if start is None:
+        d = c.shape[0]
+        start = jax.random.normal(jax.random.PRNGKey(0), (d, min(k + oversample, d)), c.dtype)
+        if row_mask is not None:
+            start = jnp.where(row_mask[:, None], start, 0.0)
+    b = start.shape[1]
+    dtype = start.dtype
     q = _orthonormalise(start, linalg)
 
     def ritz(q):
-        theta, x, cx = _rayleigh_ritz(q, c @ q, linalg)
+        theta, x, cx = _rayleigh_ritz(q, apply(q), linalg)
         return theta, x, cx, jnp.linalg.norm(cx - x * theta, axis=0)
 
     def worst(theta, x, res):  # the largest kept residual, relative to theta_1
@@ -189,7 +198,7 @@ def topk_eigh(
     def cond(state):
         it, before, now = state[0], state[1], state[2]
         stalled = now > STALL * before  # at float32's rounding floor
-        done = now <= RESIDUAL_TOL * jnp.finfo(c.dtype).eps
+        done = now <= RESIDUAL_TOL * jnp.finfo(dtype).eps
         return (it < max_iters) & ~done & ~stalled
 
     def body(state):
@@ -200,22 +209,27 @@ def topk_eigh(
         return it + 1, now, worst(theta, x, res), theta, x, cx, res
 
     theta, x, cx, res = ritz(q)
-    inf = jnp.asarray(jnp.inf, c.dtype)
+    inf = jnp.asarray(jnp.inf, dtype)
     state = (jnp.int32(1), inf, worst(theta, x, res), theta, x, cx, res)
     it, _, _, theta, x, _, res = jax.lax.while_loop(cond, body, state)
     return theta, x, res, it
 
 
-def refine(xc: jax.Array, x: jax.Array, linalg) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One Rayleigh-Ritz step of the block ``x`` (D, b) on the exact scatter
-    ``xc.T @ xc``, applied as ``xc.T @ (xc @ x)`` at full precision (O(N D b), not
-    the O(N D^2) of the scatter): the refinement after a low-precision scatter, whose
-    residuals are then those of the exact operator. Returns ``(theta, x, residuals)``."""
-    q = _orthonormalise(x, linalg)
+def refine(
+    a: jax.Array, x: jax.Array, k: int, kept_fn, linalg, *, max_iters: int = REFINE_ITERS
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The block ``x`` (D, b) from a low-precision scatter, iterated on the exact one
+    ``a.T @ a`` applied as ``a.T @ (a @ q)`` at full precision (O(N D b) per iteration,
+    not the O(N D^2) of the scatter) until converged, as :func:`topk_eigh` (whose
+    returns these are): the residuals certified are then those of the exact operator.
+    One Rayleigh-Ritz step alone left residuals at the low precision's rounding (TF32:
+    5e-4 of lambda_1), which no model could be certified with."""
     hi = jax.lax.Precision.HIGHEST
-    cq = jnp.matmul(xc.T, jnp.matmul(xc, q, precision=hi), precision=hi)
-    theta, x, cx = _rayleigh_ritz(q, cq, linalg)
-    return theta, x, jnp.linalg.norm(cx - x * theta, axis=0)
+
+    def apply(q):
+        return jnp.matmul(a.T, jnp.matmul(a, q, precision=hi), precision=hi)
+
+    return topk_eigh(apply, k, kept_fn, linalg, start=x, max_iters=max_iters)
 
 
 def numpy_subspace_error(v: np.ndarray, exact: np.ndarray) -> float:

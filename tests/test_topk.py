@@ -152,7 +152,7 @@ def test_tiny_gap_falls_back_to_exact_eigh(seed):
 
 @pytest.mark.parametrize("mode", [pytest.param("topk-tf32", marks=pytest.mark.slow), "topk-bf16"])
 def test_low_precision_scatter_is_refined_or_falls_back(mode, seed):
-    """A TF32 / bfloat16 scatter plus one Rayleigh-Ritz step on the exact one: each model
+    """A TF32 / bfloat16 scatter, then iterations on the exact one: each model
     is either certified against the exact scatter (and then within 1e-4 of the reference)
     or recomputed exactly."""
     feats, y = regimes.make("collapsed", np.random.default_rng(seed), size="tiny")
