@@ -52,8 +52,8 @@ stamp=$(mktemp)
 # A CPU dry run (JAX_PLATFORMS=cpu) traces the accelerators' code path: fused, the top-k
 # solver and its fallback call, instead of the CPU's float64 host path.
 [[ "${JAX_PLATFORMS:-}" == cpu ]] && export NCTI_BENCH_DEVICE_NUMERICS=1
-dims=512,1024,2048,4096
-[[ ${#quick[@]} -gt 0 ]] && dims=256,512
+eig=(--dims 512,1024,2048,4096 --repeats 3)
+[[ ${#quick[@]} -gt 0 ]] && eig=(--dims 256 --repeats 1)
 
 step 20 "devices" "$python" -c "import jax; print(jax.__version__, jax.devices())"
 step 45 "generate $zoo" "${bench[@]}" --generate-only --scenario "$zoo"
@@ -63,8 +63,8 @@ step 90 "generate $big" "${bench[@]}" --generate-only --scenario "$big"
 # 64 models in float64 on the host would take minutes: no untimed reference check here.
 step 150 "bench $big" "${bench[@]}" --scenario "$big" --repeats 3 --no-check \
   --contenders jax-device,jax-device-eigh
-step 60 "eigensolver timing" "$python" -m benchmarks.eigensolver --skip accuracy \
-  --dims "$dims" --out "$results"
+step 120 "eigensolver timing" "$python" -m benchmarks.eigensolver --skip accuracy \
+  "${eig[@]}" --out "$results"
 
 if [[ -n "${OUT:-}" ]]; then
   find "$results" -maxdepth 1 -type f -newer "$stamp" -exec cp -v {} "$OUT"/ \;
