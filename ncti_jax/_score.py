@@ -332,6 +332,8 @@ def _fingerprint(run: _Run) -> dict[str, Any]:
         "k": run.k,
         "dtype": str(run.dtype),
         "precision": run.precision,
+        # the PCA eigensolver (its fields are saved too; the host path's is always "eigh")
+        "eigensolver": run.plan.linalg.eigensolver,
     }
 
 
