@@ -7,12 +7,18 @@ can be compared with each other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
 Features = Mapping[str, np.ndarray]
+
+# Set to 1: the JAX contenders run the accelerators' numerics on any device
+# (ncti_jax._plan.device_numerics, fused): how gpu.sh --quick is dry-run on a CPU.
+DEVICE_NUMERICS_ENV = "NCTI_BENCH_DEVICE_NUMERICS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +28,7 @@ class Contender:
     engine: str  # "jax", "reference" or "authors"
     precision: str = "highest"  # JAX matmul precision
     on_device: bool = False  # features put on the default JAX device before timing
+    eigensolver: str = "topk"  # the device path's PCA eigensolver (ncti_jax.defaults)
     requires: str | None = None  # an optional module it needs
 
     @property
@@ -38,6 +45,27 @@ CONTENDERS = {
             "ncti_jax.score_zoo, features already on the device (jax.device_put, untimed)",
             "jax",
             on_device=True,
+        ),
+        Contender(
+            "jax-device-eigh",
+            "as jax-device, the full eigh for the PCA (before the top-k solver)",
+            "jax",
+            on_device=True,
+            eigensolver="eigh",
+        ),
+        Contender(
+            "jax-device-tf32",
+            "as jax-device, the top-k solver on a TF32 scatter refined on the exact one",
+            "jax",
+            on_device=True,
+            eigensolver="topk-tf32",
+        ),
+        Contender(
+            "jax-device-bf16",
+            "as jax-device, the top-k solver on a bfloat16 scatter refined on the exact one",
+            "jax",
+            on_device=True,
+            eigensolver="topk-bf16",
         ),
         Contender(
             "jax-high",
@@ -91,6 +119,20 @@ def _outputs(result) -> dict:
     }
 
 
+def _engine_outputs(result) -> dict:
+    """:func:`_outputs` of an ``NCTIResult``, with the models whose top-k PCA eigensolver
+    fell back to the full eigh and the solver's largest certified residual."""
+    from ncti_jax import Status
+
+    out = _outputs(result)
+    fell = (np.asarray(result.status) & Status.EIGENSOLVER_FALLBACK) > 0
+    out["details"] = {
+        "eigensolver_fallbacks": [m for m, f in zip(out["models"], fell, strict=True) if f],
+        "eigensolver_max_residual": float(np.max(result.eigen_residual, initial=0.0)),
+    }
+    return out
+
+
 def prepare(contender: Contender, features: Features) -> Features:
     """The features as the contender is given them (on the device, for ``on_device``)."""
     if not contender.on_device:
@@ -106,10 +148,22 @@ def runner(contender: Contender) -> Callable[[Features, np.ndarray], dict]:
         import jax
 
         import ncti_jax
+        from ncti_jax import _plan
+
+        # A CPU dry run of gpu.sh traces the accelerators' code path (fused, the top-k
+        # solver and its fallback call) rather than the CPU's host path.
+        forced = os.environ.get(DEVICE_NUMERICS_ENV) == "1"
 
         def run(features, labels):
-            result = ncti_jax.score_zoo(features, labels, precision=contender.precision)
-            return _outputs(jax.block_until_ready(result))
+            with _plan.device_numerics() if forced else contextlib.nullcontext():
+                result = ncti_jax.score_zoo(
+                    features,
+                    labels,
+                    precision=contender.precision,
+                    eigensolver=contender.eigensolver,
+                    strategy="fused" if forced else "auto",
+                )
+            return _engine_outputs(jax.block_until_ready(result))
 
         return run
     if contender.engine == "reference":

@@ -122,16 +122,30 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def tag() -> str:
+    """The name results files take: the accelerator's kind, else the CPU's cores and model
+    (JAX is initialised here)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return slug(jax.devices()[0].device_kind)
+    return f"cpu-{_cores()}core-{slug(_cpu_model())}"
+
+
+def _cores() -> int | None:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def describe(quick: bool = False) -> dict[str, object]:
     """The machine and its measured rates (JAX is initialised here)."""
     import jax
 
     backend = jax.default_backend()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = _cores()
     cpu = _cpu_model()
     devices = [d.device_kind for d in jax.devices()] if backend != "cpu" else []
     info: dict[str, object] = {
-        "tag": slug(devices[0]) if devices else f"cpu-{cores}core-{slug(cpu)}",
+        "tag": tag(),
         "cpu": cpu,
         "cores": cores,
         "ram_bytes": _ram_bytes(),

@@ -87,6 +87,14 @@ def measure(
     record["first_s"] = time.perf_counter() - start
     what = "compilation + run" if contender.compiled else "warm-up"
     _say(f"{label}: first call ({what}) {record['first_s']:.3f} s")
+    fell = record["outputs"]["details"].get("eigensolver_fallbacks")
+    if fell is not None:
+        residual = record["outputs"]["details"]["eigensolver_max_residual"]
+        _say(
+            f"{label}: eigensolver {contender.eigensolver}: {len(fell)} of "
+            f"{len(record['outputs']['models'])} models fell back to the full eigh"
+            f"{' (' + ', '.join(fell[:5]) + ')' if fell else ''}; largest residual {residual:.1e}"
+        )
 
     times: list[float] = []
     target = repeats

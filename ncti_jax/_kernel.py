@@ -23,7 +23,7 @@ from ._lda import ClassStats, lda_eigen, lda_svd
 from ._linalg import Linalg
 from ._nuclear import nuclear_norm
 from ._pad import ClassLayout
-from ._pca import mask_components, pca_project
+from ._pca import EIGH, mask_components, pca_project
 
 # The authors' branch rule: the svd solver when the shrinkage clamps at this floor.
 SHRINKAGE_FLOOR = 1e-10
@@ -45,6 +45,11 @@ class RawComponents:
     pca_rank: jax.Array  # (M,) principal directions kept
     shrinkage: jax.Array  # (M,) the rule's shrinkage t
     solver: jax.Array  # (M,) the LDA solver used, an index into SOLVERS
+    # (M,) the PCA eigensolver's largest kept residual over lambda_1 and its relative gap
+    # after the last kept direction (ncti_jax._topk.certificate; 0 and 1 for an exact solve)
+    residual: jax.Array
+    gap: jax.Array
+    eigensolver: jax.Array  # (M,) _pca.EIGH, TOPK or FALLBACK
 
 
 RAW_FIELDS = tuple(f.name for f in dataclasses.fields(RawComponents))
@@ -71,9 +76,11 @@ def model_components(
 
     Returns:
       The fields of :class:`RawComponents` for this model: (3,) etf, ncc, vc; the
-      PCA rank kept; the shrinkage; the LDA solver's code.
+      PCA rank kept; the shrinkage; the LDA solver's code; the PCA eigensolver's
+      residual, gap and code.
     """
-    return _components(*pca_project(x, max_components, n_cols, k, linalg), layout, linalg)
+    *pca, residual, gap, code = pca_project(x, max_components, n_cols, k, linalg)
+    return (*_components(*pca, layout, linalg), residual, gap, code)
 
 
 def projected_components(
@@ -100,7 +107,8 @@ def projected_components(
       linalg: how the linear algebra is traced.
     """
     masked = mask_components(z, evals, floors, max_components)
-    return _components(*masked, scale, layout, linalg)
+    exact = (jnp.zeros((), z.dtype), jnp.ones((), z.dtype), jnp.int32(EIGH))
+    return (*_components(*masked, scale, layout, linalg), *exact)
 
 
 def shrinkage_rule(variances: jax.Array, scale: jax.Array) -> jax.Array:

@@ -26,6 +26,8 @@ import scipy.linalg
 from jax.custom_batching import sequential_vmap
 from jax.scipy.linalg import solve_triangular as _solve_triangular
 
+from .defaults import EIGENSOLVERS
+
 
 def _eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.linalg.eigh(a)
@@ -68,17 +70,49 @@ class Linalg:
         (CPU); else with the backend's ``eigh`` in the computation dtype. The CPU
         with ``host_solve=False`` traces the accelerators' numerics with the CPU's
         looped linear algebra: how the device code path is tested without a device.
+      eigensolver: how the device path (``host_solve=False``) solves the PCA's
+        eigenproblem (a name of :data:`ncti_jax.defaults.EIGENSOLVERS`): ``"eigh"``, the
+        backend's full ``eigh``; ``"topk"``, the certified top-k solver of
+        :mod:`ncti_jax._topk` on the exact scatter; ``"topk-tf32"`` / ``"topk-bf16"``,
+        the same on a scatter formed from TF32 / bfloat16 operands, then iterated on
+        the exact one (applied as ``xc.T @ (xc @ q)``, at most 12 iterations) until
+        certified. Ignored with ``host_solve``.
     """
 
     looped: bool
     host_solve: bool
+    eigensolver: str = "eigh"
+
+    def __post_init__(self):
+        if self.eigensolver not in EIGENSOLVERS:
+            raise ValueError(
+                f"eigensolver must be one of {EIGENSOLVERS}; got {self.eigensolver!r}."
+            )
+
+    @property
+    def topk(self) -> bool:
+        """The PCA goes through the certified top-k solver."""
+        return not self.host_solve and self.eigensolver != "eigh"
+
+    @property
+    def gram_precision(self) -> str:
+        """The top-k solver's scatter precision: "highest", "tf32" or "bf16"."""
+        return self.eigensolver.removeprefix("topk").removeprefix("-") or "highest"
+
+    def exact(self) -> Linalg:
+        """The same flavour with the full ``eigh``: what a model that the top-k solver
+        could not certify is recomputed with."""
+        return dataclasses.replace(self, eigensolver="eigh")
 
     @classmethod
-    def for_platform(cls, platform: str, *, host_solve: bool | None = None) -> Linalg:
+    def for_platform(
+        cls, platform: str, *, host_solve: bool | None = None, eigensolver: str = "eigh"
+    ) -> Linalg:
         """The flavour for a backend ("cpu", "gpu", "tpu"); ``host_solve`` defaults to
         the CPU's float64 host solves."""
         on_cpu = platform == "cpu"
-        return cls(looped=on_cpu, host_solve=on_cpu if host_solve is None else host_solve)
+        host_solve = on_cpu if host_solve is None else host_solve
+        return cls(looped=on_cpu, host_solve=host_solve, eigensolver=eigensolver)
 
     def solve_dtype(self, dtype) -> np.dtype:
         """The dtype :meth:`top_eigh` solves a ``dtype`` problem in."""

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _topk
 from ._linalg import Linalg
 
 
@@ -34,12 +35,14 @@ def chunk_scale(chunk, shift):
 
 def pca_project(
     x: jax.Array, max_components: jax.Array, n_cols: jax.Array, k: int, linalg: Linalg
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, ...]:
     """Projects centred, rescaled features on their top-``k`` principal directions.
 
     The subspace is exact: the top eigenvectors of the D x D covariance when
     N >= D, of the N x N Gram of the samples otherwise (the choice is static, on
-    shapes); see :meth:`ncti_jax._linalg.Linalg.top_eigh` for how they are solved.
+    shapes); see :meth:`ncti_jax._linalg.Linalg.top_eigh` for how they are solved,
+    or :mod:`ncti_jax._topk` on the device path with ``linalg.eigensolver`` a top-k
+    solver, which certifies its result.
 
     Args:
       x: (N, D) features; padded columns are zero.
@@ -50,7 +53,8 @@ def pca_project(
 
     Returns:
       ``(z, variances, mask, scale)`` as :func:`mask_components`, for the features
-      divided by ``scale``.
+      divided by ``scale``, then the eigensolver's ``(residual, gap, code)``
+      (:func:`ncti_jax._topk.certificate`; 0, 1 and ``EIGH`` for an exact solve).
     """
     n, d = x.shape
     eps = jnp.finfo(x.dtype).eps
@@ -60,15 +64,77 @@ def pca_project(
     xc = xc / scale
     # Centring by a rounded mean leaves each column off by about eps * |mean|.
     col_sq = jnp.sum(xc * xc, axis=0) + n * (eps * mean / scale) ** 2
+    solve_dtype = linalg.solve_dtype(x.dtype)
+    if linalg.topk:
+        return _topk_project(xc, col_sq, max_components, n_cols, k, linalg, scale)
     if n >= d:
         evals, evecs = linalg.covariance_top_eigh(xc, n_cols, k)
         z = xc @ evecs
-        floors = rounding_floors(evals, x.dtype, linalg.solve_dtype(x.dtype), col_sq, evecs)
+        floors = rounding_floors(evals, x.dtype, solve_dtype, col_sq, evecs)
     else:
         evals, evecs = linalg.top_eigh(xc @ xc.T, k)
         z = evecs * jnp.sqrt(jnp.clip(evals, 0.0))
-        floors = rounding_floors(evals, x.dtype, linalg.solve_dtype(x.dtype), col_sq)
-    return (*mask_components(z, evals, floors, max_components), scale)
+        floors = rounding_floors(evals, x.dtype, solve_dtype, col_sq)
+    exact = (jnp.zeros((), x.dtype), jnp.ones((), x.dtype), jnp.int32(EIGH))
+    return (*mask_components(z, evals, floors, max_components), scale, *exact)
+
+
+# Codes of the eigensolver a model's PCA took (``RawComponents.eigensolver``).
+EIGH, TOPK, FALLBACK = 0, 1, 2
+
+
+def _topk_project(xc, col_sq, max_components, n_cols, k, linalg, scale):
+    """:func:`pca_project` through the certified top-k solver: its code is ``TOPK``
+    when the kept subspace is certified, else ``FALLBACK`` (the driver then
+    recomputes the model with the exact ``eigh``)."""
+    evals, evecs, floors, residual, gap, certified, _ = topk_pca(
+        xc, col_sq, max_components, n_cols, k, linalg
+    )
+    z = evecs * jnp.sqrt(jnp.clip(evals, 0.0)) if xc.shape[0] < xc.shape[1] else xc @ evecs
+    code = jnp.where(certified, TOPK, FALLBACK).astype(jnp.int32)
+    return (*mask_components(z, evals, floors, max_components), scale, residual, gap, code)
+
+
+def topk_pca(
+    xc: jax.Array,
+    col_sq: jax.Array,
+    max_components: jax.Array,
+    n_cols: jax.Array,
+    k: int,
+    linalg: Linalg,
+) -> tuple[jax.Array, ...]:
+    """The top-``k`` eigenpairs of the scatter of centred, rescaled features ``xc``
+    (N, D) (of their N x N Gram when N < D) by :func:`ncti_jax._topk.topk_eigh`, with
+    its certificate.
+
+    Returns:
+      ``(evals (k,), evecs (D or N, k), floors (k,), residual, gap, certified,
+      iterations)``: the eigenpairs (decreasing), their rounding floors
+      (:func:`rounding_floors`), and :func:`ncti_jax._topk.certificate` of the
+      directions kept.
+    """
+    n, d = xc.shape
+    dtype = xc.dtype
+    wide = n < d
+
+    def floors_of(evals, evecs):
+        return rounding_floors(evals, dtype, dtype, col_sq, None if wide else evecs)
+
+    def kept(evals, evecs):
+        return (jnp.arange(k) < max_components) & (evals > floors_of(evals, evecs))
+
+    a = xc.T if wide else xc
+    mode = linalg.gram_precision
+    row_mask = None if wide else jnp.arange(d) < n_cols
+    theta, vecs, res, iters = _topk.topk_eigh(
+        _topk.gram(a, mode), k, kept, linalg, row_mask=row_mask
+    )
+    if mode != "highest":
+        theta, vecs, res, more = _topk.refine(a, vecs, k, kept, linalg)
+        iters = iters + more
+    evals, evecs = theta[:k], vecs[:, :k]
+    residual, gap, certified = _topk.certificate(theta, res, kept(evals, evecs))
+    return evals, evecs, floors_of(evals, evecs), residual, gap, certified, iters
 
 
 def rounding_floors(

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from ._linalg import Linalg
-from .defaults import STRATEGIES
+from .defaults import EIGENSOLVERS, STRATEGIES
 
 Strategy = Literal["auto", "fused", "streaming"]
 
@@ -147,6 +147,7 @@ def make_plan(
     dtype: np.dtype,
     memory_limit: int | None,
     widest: str,
+    eigensolver: str = EIGENSOLVERS[0],
 ) -> Plan:
     """Chooses the strategy, the models per call and the linear algebra for a zoo.
 
@@ -156,6 +157,8 @@ def make_plan(
       n_models: this process's models.
       n, d_max, k, n_classes: the zoo's shapes (``k``: the PCA width of a call).
       dtype: the computation dtype.
+      eigensolver: how the device path solves the PCA's eigenproblem (see
+        :class:`ncti_jax._linalg.Linalg`; the host path always solves in float64).
 
     Raises:
       MemoryError: ``strategy="fused"`` and one model does not fit one device.
@@ -170,6 +173,8 @@ def make_plan(
     linalg = Linalg.for_platform(
         device.platform, host_solve=False if _DEVICE_NUMERICS.get() else None
     )
+    if not linalg.host_solve:
+        linalg = dataclasses.replace(linalg, eigensolver=eigensolver)
     if strategy == "auto":
         strategy = "fused" if not linalg.host_solve and fits else "streaming"
     if strategy == "fused" and not fits:

@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ._kernel import SOLVERS, RawComponents
+from ._pca import FALLBACK
 from ._validate import Labels
 
 # Models named in one warning before "and N more".
@@ -35,6 +36,9 @@ class Status(enum.IntFlag):
     SINGLETON_CLASS = 8  # a class has a single sample (zoo-wide)
     CONSTANT_COMPONENT = 16  # a component is equal across the zoo and normalises to 0
     NON_FINITE = 32  # a raw component is undefined (NaN or infinite): the model is unranked
+    # the device path's top-k eigensolver could not certify the kept PCA subspace (not
+    # converged, or too small a gap after it): the model was recomputed with the exact eigh
+    EIGENSOLVER_FALLBACK = 64
 
 
 @jax.tree_util.register_dataclass
@@ -63,6 +67,11 @@ class NCTIResult:
       pca_rank: principal directions kept: ``min(n_components, N - 1, D)``, fewer
         when the features are rank deficient.
       status: bit flags, see :class:`Status`.
+      eigen_residual, eigen_gap: the device path's top-k PCA eigensolver's certificate
+        (:func:`ncti_jax._topk.certificate`): the largest residual
+        ``||C v - lambda v|| / lambda_1`` over the kept directions and the relative gap
+        after the last one; 0 and 1 where the PCA was solved exactly (host path, full
+        ``eigh``); a model that fell back keeps the top-k solver's values.
     """
 
     models: tuple[str, ...] = dataclasses.field(metadata={"static": True})
@@ -78,6 +87,8 @@ class NCTIResult:
     shrinkage: np.ndarray
     pca_rank: np.ndarray
     status: np.ndarray
+    eigen_residual: np.ndarray
+    eigen_gap: np.ndarray
 
     def best(self) -> str:
         """The name of the best-ranked model."""
@@ -192,6 +203,7 @@ def finish(
     if (labels.counts == 1).any():
         status |= Status.SINGLETON_CLASS
     status[~finite] |= Status.NON_FINITE
+    status[np.asarray(raw.eigensolver) == FALLBACK] |= Status.EIGENSOLVER_FALLBACK
 
     norm = np.full((len(models), 4), np.nan)
     constant = np.zeros(3, bool)
@@ -220,6 +232,8 @@ def finish(
         shrinkage=np.asarray(raw.shrinkage, raw_dtype),
         pca_rank=rank,
         status=status,
+        eigen_residual=np.asarray(raw.residual, np.float64),
+        eigen_gap=np.asarray(raw.gap, np.float64),
     )
 
 

@@ -24,11 +24,13 @@ from . import _shard, _validate
 from ._batch import zoo_metrics
 from ._checkpoint import Checkpoint, content_digest
 from ._kernel import RAW_FIELDS, RawComponents, zoo_components, zoo_projected_components
+from ._linalg import Linalg
 from ._pad import ClassLayout, class_layout, stack_zoo
+from ._pca import FALLBACK
 from ._plan import Plan, device_budget, format_bytes, make_plan, metrics_bytes
 from ._result import MetricResult, NCTIResult, ZooMetrics, finish
 from ._stream import RowChunks, device_pca, host_pca
-from .defaults import CHUNK_ROWS, N_COMPONENTS, PRECISIONS, STRATEGIES
+from .defaults import CHUNK_ROWS, EIGENSOLVERS, N_COMPONENTS, PRECISIONS, STRATEGIES
 
 
 def score_zoo(
@@ -40,6 +42,7 @@ def score_zoo(
     dtype: Any = None,
     names: Any = None,
     strategy: str = STRATEGIES[0],
+    eigensolver: str = EIGENSOLVERS[0],
     devices: Sequence[jax.Device] | None = None,
     memory_limit: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
@@ -69,6 +72,12 @@ def score_zoo(
         ``"streaming"`` (PCA from row chunks, then the kernel on the (N, k)
         projections) or ``"auto"`` (streaming on CPU; fused elsewhere when a
         model fits a device, else streaming). Both give the same result.
+      eigensolver: how the accelerators' fused PCA solves its eigenproblem:
+        ``"topk"`` (default: a certified top-k solver; a model it cannot certify is
+        recomputed with the full ``eigh`` and flagged ``EIGENSOLVER_FALLBACK``),
+        ``"topk-tf32"`` / ``"topk-bf16"`` (its scatter from TF32 / bfloat16
+        operands, refined on the exact one) or ``"eigh"``. The CPU's host path
+        always solves the top-k eigenpairs exactly in float64.
       devices: the devices to split the models over (default: every device,
         of every process when ``jax.distributed`` is initialised; then each
         process passes its own models and every process gets the whole zoo's result).
@@ -105,6 +114,7 @@ def score_zoo(
         dtype=_validate.resolve_dtype(dtype),
         names=names,
         strategy=strategy,
+        eigensolver=_validate.check_choice(eigensolver, "eigensolver", EIGENSOLVERS),
         devices=_validate.check_devices(devices),
         memory_limit=_validate.check_memory_limit(memory_limit),
         rows=_validate.check_positive_int(chunk_rows, "chunk_rows"),
@@ -173,6 +183,7 @@ def _prepare(
     devices,
     memory_limit,
     rows,
+    eigensolver=EIGENSOLVERS[0],
 ) -> _Run:
     """Checks the inputs, builds the mesh, agrees on shapes across processes, plans."""
     lab = _validate.check_labels(labels)
@@ -201,6 +212,7 @@ def _prepare(
         dtype=dtype,
         memory_limit=memory_limit,
         widest=max(dims, key=dims.get),
+        eigensolver=eigensolver,
     )
     return _Run(
         features=dict(zip(model_names, arrays, strict=True)),
@@ -233,6 +245,8 @@ def _score_models(run: _Run, store: Checkpoint | None, progress: bool) -> dict[s
             # Read back at once: overlapping the next model's host BLAS with this
             # call oversubscribes the cores (measured 10% slower on 2 cores).
             out = _shard.local_rows(_score_batch(run, batch))
+            if run.plan.linalg.topk:
+                out = _fall_back(run, batch, out)
             for j, name in enumerate(batch):
                 done[name] = {f: getattr(out, f)[j] for f in RAW_FIELDS}
             if store is not None and batch:
@@ -245,12 +259,35 @@ def _score_models(run: _Run, store: Checkpoint | None, progress: bool) -> dict[s
     return done
 
 
-def _score_batch(run: _Run, batch: list[str]) -> RawComponents:
-    """One compiled call on ``batch``, padded with dummy models to the plan's size."""
+def _fall_back(run: _Run, batch: list[str], out: RawComponents) -> RawComponents:
+    """``out`` with the models the top-k eigensolver could not certify recomputed by
+    the exact ``eigh`` in one more compiled call on just those models (padded to a
+    multiple of the devices; every process makes the call, perhaps on dummies only).
+    They keep the top-k solver's certificate and its ``FALLBACK`` code."""
+    redo = [j for j in range(len(batch)) if int(out.eigensolver[j]) == FALLBACK]
+    n_devices = len(run.local_devices)
+    size = -(-_shard.agree_max(len(redo)) // n_devices) * n_devices
+    if size == 0:
+        return out
+    exact = _shard.local_rows(
+        _score_batch(run, [batch[j] for j in redo], linalg=run.plan.linalg.exact(), size=size)
+    )
+    fields = {f: np.array(getattr(out, f)) for f in RAW_FIELDS}
+    for i, j in enumerate(redo):
+        for f in ("components", "pca_rank", "shrinkage", "solver"):
+            fields[f][j] = getattr(exact, f)[i]
+    return RawComponents(**fields)
+
+
+def _score_batch(
+    run: _Run, batch: list[str], *, linalg: Linalg | None = None, size: int | None = None
+) -> RawComponents:
+    """One compiled call on ``batch``, padded with dummy models to ``size`` (the plan's
+    models per call), with the plan's linear algebra unless ``linalg`` is given."""
     plan = run.plan
-    pad = plan.models_per_call - len(batch)
+    pad = (size or plan.models_per_call) - len(batch)
     caps = np.array([run.max_components[m] for m in batch] + [0] * pad, np.int32)
-    opts = {"precision": run.precision, "linalg": plan.linalg, "mesh": run.mesh}
+    opts = {"precision": run.precision, "linalg": linalg or plan.linalg, "mesh": run.mesh}
     if plan.strategy == "fused":
         arrays = [run.features[m] for m in batch]
         x = stack_zoo(arrays, run.dtype, d_max=run.d_max, n_models=len(batch) + pad, n=run.n)
@@ -295,6 +332,8 @@ def _fingerprint(run: _Run) -> dict[str, Any]:
         "k": run.k,
         "dtype": str(run.dtype),
         "precision": run.precision,
+        # the PCA eigensolver (its fields are saved too; the host path's is always "eigh")
+        "eigensolver": run.plan.linalg.eigensolver,
     }
 
 
@@ -319,6 +358,7 @@ def score_metrics(
     dtype: Any = None,
     names: Any = None,
     strategy: str = STRATEGIES[0],
+    eigensolver: str = EIGENSOLVERS[0],
     devices: Sequence[jax.Device] | None = None,
     memory_limit: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
@@ -335,8 +375,8 @@ def score_metrics(
     the device (no row streaming yet).
 
     Args:
-      features, labels, n_components, precision, dtype, names, strategy, devices,
-        memory_limit, chunk_rows, progress: as for :func:`score_zoo`.
+      features, labels, n_components, precision, dtype, names, strategy, eigensolver,
+        devices, memory_limit, chunk_rows, progress: as for :func:`score_zoo`.
       metrics: metric names (see :data:`ncti_jax.metrics.NAMES`), a comma-separated
         string of them, or ``"all"`` (every implemented metric).
       logits: ``{model: (N, S_m) logits}`` of each model's source classifier on the
@@ -379,6 +419,7 @@ def score_metrics(
         dtype=dtype,
         names=names,
         strategy=strategy,
+        eigensolver=_validate.check_choice(eigensolver, "eigensolver", EIGENSOLVERS),
         devices=_validate.check_devices(devices),
         memory_limit=_validate.check_memory_limit(memory_limit),
         rows=_validate.check_positive_int(chunk_rows, "chunk_rows"),

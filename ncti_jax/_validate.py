@@ -254,6 +254,13 @@ def resolve_precision(precision: Any) -> str:
     return _PRECISIONS[key]
 
 
+def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming ``what``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{what} must be one of {list(choices)}; got {value!r}.")
+    return value
+
+
 def check_positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{what} must be a positive integer; got {value!r}.")

@@ -212,6 +212,15 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     group.add_argument(
+        "--eigensolver",
+        choices=defaults.EIGENSOLVERS,
+        default=defaults.EIGENSOLVERS[0],
+        help="the PCA eigensolver on accelerators: topk, a certified top-k solver (a model "
+        "it cannot certify is recomputed with the full eigh and flagged); topk-tf32 / "
+        "topk-bf16, the same on a TF32 / bfloat16 scatter refined on the exact one; eigh, "
+        "the full eigh. The CPU solves in float64 (default: %(default)s)",
+    )
+    group.add_argument(
         "--chunk-rows",
         type=int,
         default=defaults.CHUNK_ROWS,
@@ -259,6 +268,7 @@ def scoring_kwargs(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "dtype": args.dtype,
         "strategy": args.strategy,
+        "eigensolver": args.eigensolver,
         "chunk_rows": args.chunk_rows,
         "memory_limit": args.memory_limit,
         "checkpoint": args.checkpoint,

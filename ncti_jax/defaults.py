@@ -17,6 +17,11 @@ DTYPES = ("float32", "float64")
 # float32 products. "high" is TF32 and "default" bfloat16 passes on GPUs and TPUs.
 PRECISIONS = ("highest", "high", "default")
 
+# How the device path solves the PCA's eigenproblem (see ncti_jax._linalg.Linalg); the
+# first is the default: the certified top-k solver, which falls back to the full eigh
+# for a model it cannot certify. The host path (CPU) always solves in float64.
+EIGENSOLVERS = ("topk", "topk-tf32", "topk-bf16", "eigh")
+
 # How a zoo is split into compiled calls (see ncti_jax._plan); the first is the default.
 STRATEGIES = ("auto", "fused", "streaming")
 

@@ -178,7 +178,7 @@ def test_result_records_and_normalisation(small_zoo):
         assert r["ncti"] == pytest.approx(r["etf_norm"] + r["ncc_norm"] - r["vc_norm"])
     assert min(etf_n) == 0.0 and max(etf_n) == 1.0
     leaves = jax.tree_util.tree_leaves(result)
-    assert len(leaves) == 12  # a pytree of arrays; model names are static metadata
+    assert len(leaves) == 14  # a pytree of arrays; model names are static metadata
 
 
 def test_many_small_classes_vc(rng):

@@ -120,6 +120,9 @@ def test_undefined_model_is_unranked_and_json_is_strict():
         pca_rank=np.array([8, 8, 8]),
         shrinkage=np.full(3, 1e-10, np.float32),
         solver=np.zeros(3, np.int32),
+        residual=np.zeros(3, np.float32),
+        gap=np.ones(3, np.float32),
+        eigensolver=np.zeros(3, np.int32),
     )
     labels = _validate.check_labels(np.arange(20) % 4)
     with pytest.warns(UserWarning, match="1 model unranked.*: 'b'"):

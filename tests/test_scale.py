@@ -145,7 +145,7 @@ def test_plan_chunks_the_model_axis():
             **args,
         )
     assert (plan.strategy, plan.models_per_call) == ("fused", 12)  # 3 per device
-    assert plan.linalg == _linalg.Linalg(looped=True, host_solve=False)
+    assert plan.linalg == _linalg.Linalg(looped=True, host_solve=False, eigensolver="topk")
     # On CPU the plan solves on the host, and refuses the fused float32 path on several
     # devices (its host callbacks hang XLA:CPU).
     with pytest.raises(ValueError, match="needs dtype=float64"):
