@@ -134,6 +134,7 @@ def test_vmap_equals_python_loop(small_zoo):
         assert int(batched.pca_rank[i]) == int(single.pca_rank[0])
 
 
+@pytest.mark.slow  # the whole engine op by op: a minute on 2 cores
 def test_jit_on_and_off(rng):
     feats, y = zoos.zoo(rng, n=120, n_classes=3, dims=(10, 14))
     jitted = ncti_jax.score_zoo(feats, y)
