@@ -125,11 +125,12 @@ def test_jax_features_logits_and_scores_equal_the_torch_paths(
             assert got[model] == pytest.approx(value, rel=1e-3, abs=1e-5), (metric, model)
 
 
-def test_four_devices_give_the_features_of_one(weights, image_folder, tmp_path):
-    """The batch axis sharded over 4 forced CPU devices (24 images in batches of 8, the
-    last padded) gives the features of the 1-device run, kept sharded on the devices."""
-    out = tmp_path / "four.npz"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+def test_four_devices_without_torch_give_the_features_of_one(weights, image_folder, tmp_path):
+    """In a process where torch, torchvision, timm and transformers cannot be imported (what
+    ``pip install 'ncti-jax[tpu]'`` gives a TPU VM), on 4 forced CPU devices: the batch
+    axis sharded over them (24 images in batches of 8, the last padded) gives the features
+    of the 1-device run here, and ``ncti rank --backend jax`` ranks the zoo."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "XDG_CACHE_HOME": str(tmp_path)}
     proc = subprocess.run(
         [
             sys.executable,
@@ -137,8 +138,7 @@ def test_four_devices_give_the_features_of_one(weights, image_folder, tmp_path):
             "4",
             str(weights / "small.toml"),
             str(image_folder),
-            str(tmp_path / "cache"),
-            str(out),
+            str(tmp_path),
         ],
         capture_output=True,
         text=True,
@@ -147,10 +147,14 @@ def test_four_devices_give_the_features_of_one(weights, image_folder, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 x cpu" in proc.stdout and "sharded over 4" in proc.stdout
-    four = np.load(out, allow_pickle=False)
-    one = extract("jax", weights / "small.toml", image_folder, cache_dir=tmp_path / "cache")
+    four = np.load(tmp_path / "features.npz", allow_pickle=False)
+    cache = tmp_path / "ncti-jax" / "flax"  # the worker's conversions, reused here
+    one = extract("jax", weights / "small.toml", image_folder, cache_dir=cache)
     for name in ("r18-st", "vit"):
         np.testing.assert_allclose(four[name], np.asarray(one.features[name]), rtol=1e-5, atol=1e-6)
+    records = json.loads((tmp_path / "rank" / "scores.json").read_text())["results"]["ncti"]
+    assert sorted(r["model"] for r in records) == ["r18-st", "vit"]
+    assert all(np.isfinite(r["ncti"]) for r in records)
 
 
 def params(model) -> dict:
@@ -255,35 +259,3 @@ def test_bad_requests_are_one_line(image_folder, tmp_path, capsys, argv, message
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out" / "scores.json").exists()
-
-
-def test_images_to_ranking_without_torch(image_folder, tmp_path):
-    """``ncti rank --backend jax`` in a process where torch, torchvision, timm and
-    transformers cannot be imported: what ``pip install 'ncti-jax[tpu]'`` gives a TPU VM."""
-    code = (  # a finder that refuses them, as if they were not installed
-        "import sys\n"
-        "class NotInstalled:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.partition('.')[0] in ('torch', 'torchvision', 'timm', 'transformers'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
-        "sys.meta_path.insert(0, NotInstalled())\n"
-        "from ncti_jax import cli\n"
-        "code = cli.main(sys.argv[1:])\n"
-        "assert 'torch' not in sys.modules\n"
-        "sys.exit(code)\n"
-    )
-    zoo_file = tmp_path / "zoo.toml"  # two random ResNet-18s: one compilation
-    zoo_file.write_text(
-        '[[model]]\nname = "a"\narch = "resnet18"\n[[model]]\nname = "b"\narch = "timm:resnet18"\n'
-    )
-    argv = ["rank", "--backend", "jax", "--zoo", str(zoo_file), "--weights", "none"]
-    argv += ["--dataset", str(image_folder), "--image-size", "32", "--samples-per-class", "4"]
-    argv += ["--no-progress", "--out", str(tmp_path / "out"), "-q"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "XDG_CACHE_HOME": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=600, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads((tmp_path / "out" / "scores.json").read_text())["results"]["ncti"]
-    assert sorted(r["model"] for r in records) == ["a", "b"]
-    assert all(np.isfinite(r["ncti"]) for r in records)

@@ -217,10 +217,11 @@ def read(path):
 
 
 def test_forced_cpu_devices_give_the_same_scores(tmp_path):
-    """1, 2, 4 and 8 devices, 5 models: padded with dummies, masked out of the min-max."""
+    """2 and 8 devices, 5 models: padded with 1 and 3 dummies, masked out of the min-max,
+    give the scores of one device (this process)."""
     feats, y = scale_worker.zoo()
     expected = ncti_jax.score_zoo(feats, y)
-    for n_dev in (1, 2, 4, 8):
+    for n_dev in (2, 8):
         out = tmp_path / f"d{n_dev}.json"
         proc = run_worker("devices", n_dev, "streaming", "float32", out)
         assert proc.returncode == 0, proc.stderr[-3000:]
