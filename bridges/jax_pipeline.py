@@ -109,6 +109,12 @@ def extract_zoo(
         folder = folder.subsample(samples_per_class, seed=seed)
     say(f"{len(folder)} images of {len(folder.classes)} classes from {dataset}")
     loaded = load_models(specs, sources, cache_dir=cache_dir, log=say)
+    headless = [name for name, model in loaded.items() if getattr(model, "head", None) is None]
+    if with_logits and headless:
+        raise ValueError(
+            f"model(s) {', '.join(map(repr, headless))}: no source classifier (a backbone), "
+            "and the metrics asked for read the source logits; leave them out of the zoo."
+        )
     sizes = {name: input_size(model, image_size) for name, model in loaded.items()}
     for name, size in sizes.items():
         if size != image_size:

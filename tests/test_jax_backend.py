@@ -58,6 +58,7 @@ def weights(tmp_path_factory):
     transformers.ViTImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(
         root / "tiny-vit"
     )
+    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(root / "backbone")
     st = '[[model]]\nname = "r18-st"\narch = "resnet18"\ncheckpoint = "resnet18.safetensors"\n'
     pth = '[[model]]\nname = "r18-pth"\narch = "resnet18"\ncheckpoint = "resnet18.pth"\n'
     vit = '[[model]]\nname = "vit"\narch = "hf:./tiny-vit"\n'
@@ -259,3 +260,29 @@ def test_bad_requests_are_one_line(image_folder, tmp_path, capsys, argv, message
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out" / "scores.json").exists()
+
+
+def test_a_backbone_without_classifier_is_refused_for_logits(weights, image_folder, tmp_path):
+    """A Hugging Face backbone (no classifier) gives features, but a run that needs the
+    source logits names it before any image is decoded."""
+    from ncti_jax.bridges import jax_extract
+
+    specs = [zoo.ModelSpec("bb", f"hf:{weights / 'backbone'}")]
+    cache = tmp_path / "cache"
+    features = jax_pipeline.extract_zoo(
+        specs, str(image_folder), image_size=SIZE, progress=False, cache_dir=cache
+    )
+    assert features.features["bb"].shape == (24, 48)
+    called = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(jax_extract, "extract_features", lambda *a, **k: called.append(a))
+        with pytest.raises(ValueError, match="'bb': no source classifier"):
+            jax_pipeline.extract_zoo(
+                specs,
+                str(image_folder),
+                image_size=SIZE,
+                progress=False,
+                cache_dir=cache,
+                with_logits=True,
+            )
+    assert not called
