@@ -222,21 +222,28 @@ def _extract_zoo(args: argparse.Namespace, store: str | None):
         args.zoo,
         args.dataset,
         store=store,
-        root=args.data_root,
         download=args.download,
-        weights=args.weights,
-        seed=args.seed,
-        samples_per_class=args.samples_per_class,
-        preprocess=args.preprocess,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        workers=args.workers,
         device=args.device,
         bf16=args.bf16,
-        progress=not args.no_progress,
-        log=_say,
-        with_logits=getattr(args, "with_logits", False) or _needs_logits(args),
+        **_extraction_kwargs(args),
     )
+
+
+def _extraction_kwargs(args: argparse.Namespace) -> dict:
+    """The extraction options both backends take."""
+    return {
+        "root": args.data_root,
+        "weights": args.weights,
+        "seed": args.seed,
+        "samples_per_class": args.samples_per_class,
+        "preprocess": args.preprocess,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "progress": not args.no_progress,
+        "log": _say,
+        "with_logits": getattr(args, "with_logits", False) or _needs_logits(args),
+    }
 
 
 def _extract_zoo_jax(args: argparse.Namespace, store: str | None):
@@ -265,18 +272,8 @@ def _extract_zoo_jax(args: argparse.Namespace, store: str | None):
     return jax_pipeline.extract_zoo(
         args.zoo,
         args.dataset,
-        root=args.data_root,
-        weights=args.weights,
-        seed=args.seed,
-        samples_per_class=args.samples_per_class,
-        preprocess=args.preprocess,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        progress=not args.no_progress,
-        log=_say,
-        with_logits=getattr(args, "with_logits", False) or _needs_logits(args),
         mesh=jax_extract.batch_mesh(jax_extract.platform_devices(args.device)),
+        **_extraction_kwargs(args),
     )
 
 
