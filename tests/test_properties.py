@@ -66,7 +66,7 @@ def zoo_inputs(draw):
     return feats, y
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(zoo_inputs())
 def test_finite_scores_or_clear_error(inputs):
     feats, y = inputs
@@ -90,7 +90,7 @@ def test_finite_scores_or_clear_error(inputs):
     assert (result.etf[ranked] >= 0).all()
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(zoo_inputs())
 def test_float64_engine_is_the_reference(inputs):
     """The oracle: in float64 the engine gives the reference's numbers, every field, tight.
