@@ -8,7 +8,6 @@ model's preprocessing (see :mod:`ncti_jax.bridges.extract`). Nothing is download
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torchvision
 from torch.utils.data import Dataset, Subset
 
-from .images import per_class_indices
+from .images import per_class_indices, sample_digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +197,7 @@ def sample_record(ds: Dataset, name: str) -> dict[str, Any]:
     ids = sample_ids(ds)
     kind, digest = None, None
     if ids is not None:
-        kind, digest = ids[0], hashlib.sha256("\0".join(ids[1]).encode()).hexdigest()
+        kind, digest = ids[0], sample_digest(ids[1])
     return {
         "dataset": name,
         "split": split_of(name),

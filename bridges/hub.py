@@ -161,17 +161,25 @@ def timm_weights_problem(spec: ModelSpec, download: bool) -> tuple[str | None, s
         if _cached(repo, files, revision or None):
             return None, error
         return f"model {spec.name!r}: {timm_weights_location(spec)} is missing", error
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+    path, error = torch_hub_file(cfg.url, download)
+    if path.is_file():
+        return None, error
+    return f"model {spec.name!r}: {timm_weights_location(spec)} is missing", error
+
+
+def torch_hub_file(url: str, download: bool) -> tuple[Path, str | None]:
+    """``(path, download error)`` of ``url``'s file in the torch hub cache, downloaded
+    there first when it is missing and ``download``; the error of a failed download
+    (offline), else None."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     error = None
     if not path.is_file() and download:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(cfg.url, str(path), progress=False)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
         except Exception as err:  # urllib/HTTP/OS errors offline
             error = f"{type(err).__name__}: {err}"
-    if path.is_file():
-        return None, error
-    return f"model {spec.name!r}: {timm_weights_location(spec)} is missing", error
+    return path, error
 
 
 # ---- Hugging Face ----------------------------------------------------------------------

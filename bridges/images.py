@@ -67,8 +67,13 @@ class ImageFolder:
             "seed": self.seed,
             "n_samples": len(self),
             "identity": "relative paths",
-            "digest": hashlib.sha256("\0".join(self.paths).encode()).hexdigest(),
+            "digest": sample_digest(self.paths),
         }
+
+
+def sample_digest(ids: Sequence[str]) -> str:
+    """SHA-256 of an ordered list of sample identities: what a feature store records."""
+    return hashlib.sha256("\0".join(ids).encode()).hexdigest()
 
 
 def image_folder(root: str | os.PathLike) -> ImageFolder:

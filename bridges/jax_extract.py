@@ -186,7 +186,7 @@ def _compiled_step(model, replicated: NamedSharding, rows: NamedSharding, with_l
 
 def _rows(parts: list[jax.Array], n: int) -> jax.Array:
     """The batches' rows, concatenated and trimmed of the last batch's padding."""
-    return jnp.concatenate(parts, axis=0)[:n] if len(parts) > 1 else parts[0][:n]
+    return jnp.concatenate(parts, axis=0)[:n]
 
 
 def _batches(

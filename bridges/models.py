@@ -220,14 +220,7 @@ def check_weights(specs: Sequence[ModelSpec], *, download: bool = True) -> None:
 def _torchvision_weights_problem(spec: ModelSpec, download: bool) -> tuple[list[str], str | None]:
     """``(problems, download error)`` of a torchvision spec's weights file."""
     enum = _weights_enum(spec.model_id, spec.weights)
-    path = expected_weights_file(enum)
-    error = None
-    if not path.is_file() and download:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(enum.url, str(path), progress=False)
-        except Exception as err:  # urllib/HTTP/OS errors offline
-            error = f"{type(err).__name__}: {err}"
+    path, error = hub.torch_hub_file(enum.url, download)
     if not path.is_file():
         return [f"model {spec.name!r}: {path} is missing (from {enum.url})"], error
     if not _looks_loadable(path):

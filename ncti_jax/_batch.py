@@ -43,9 +43,7 @@ def zoo_metrics(
     layout: ClassLayout,
     *,
     names: tuple[str, ...],
-    precision: str,
-    linalg: Linalg,
-    mesh: Mesh | None = None,
+    **static,
 ) -> dict[str, dict[str, jax.Array]]:
     """:func:`model_metrics` vmapped over the model axis of ``x`` (M, N, D) (and of
     ``logits`` (M, N, S), or None when no metric needs them): ``{metric: {field: (M,)}}``.
@@ -53,21 +51,11 @@ def zoo_metrics(
     The labels' per-class blocks (``layout.buckets``, whose shapes follow the class
     sizes) reach the compiled call only when a metric reads them
     (``Metric.class_blocks``): the others compile once per (M, N, D, C), whatever the
-    labels.
+    labels. ``static``: ``precision``, ``linalg`` and ``mesh`` of :func:`_zoo_metrics`.
     """
     if not any(metrics.get(name).class_blocks for name in names):
         layout = dataclasses.replace(layout, buckets=())
-    return _zoo_metrics(
-        x,
-        n_cols,
-        logits,
-        n_logits,
-        layout,
-        names=names,
-        precision=precision,
-        linalg=linalg,
-        mesh=mesh,
-    )
+    return _zoo_metrics(x, n_cols, logits, n_logits, layout, names=names, **static)
 
 
 @functools.partial(jax.jit, static_argnames=("names", "precision", "linalg", "mesh"))
